@@ -1,0 +1,117 @@
+"""Lifecycle configuration and results, mirroring the design note's JSON schemas.
+
+The config classes are pydantic dataclasses: positional construction from Python
+(``MlxModelConfig("/path/to/model")``) and strict validation of JSON from the ABI alike.
+Unknown keys in JSON are ignored so that older libraries accept newer hosts' configs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, TypeVar
+
+import pydantic
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from .errors import InvalidConfigError, InvalidJsonError
+
+_STRICT = ConfigDict(strict=True, extra="ignore")
+
+
+@pydantic_dataclass(config=_STRICT, frozen=True)
+class MlxModelConfig:
+    """What to load. ``model_path`` is a local MLX model directory; with only ``model_id`` the
+    Hugging Face cache (or a download, where a network exists) resolves it."""
+
+    model_path: str | None = None
+    model_id: str | None = None
+    revision: str | None = None
+    thinking_enabled: bool = True
+    lazy_encoders: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.model_path and not self.model_id:
+            raise ValueError("one of model_path or model_id is required")
+
+
+@pydantic_dataclass(config=_STRICT, frozen=True)
+class MlxServerConfig:
+    """How to serve a loaded model over HTTP."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)
+    model_id: str | None = None
+    queue_limit: int = Field(default=1, ge=1, le=1024)
+    # Access control: a random bearer token per server unless api_key is given or auth="none".
+    api_key: str | None = None
+    auth: Literal["bearer", "none"] = "bearer"
+    allowed_origins: tuple[str, ...] = ()
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    allow_remote_media: bool = False
+    chat_page: bool = True
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    host: str
+    port: int
+    base_url: str
+    model_id: str
+    status: str
+    api_key: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MemoryInfo:
+    active_bytes: int
+    peak_bytes: int
+    cache_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    handle: int
+    status: str
+    model_id: str
+    model_path: str
+    server: ServerInfo | None
+    memory: MemoryInfo
+    in_flight: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_C = TypeVar("_C")
+
+
+def parse_config(cls: type[_C], config_json: str | bytes | None, *, required: bool = True) -> _C:
+    """Parse a JSON config string into ``cls``, raising ``invalid_json``/``invalid_config``."""
+    if config_json is None or (isinstance(config_json, (str, bytes)) and not config_json.strip()):
+        if required:
+            raise InvalidConfigError("a JSON config object is required")
+        return cls()
+    try:
+        data = json.loads(config_json)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidJsonError(f"config is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidConfigError(f"config must be a JSON object, not {type(data).__name__}")
+    return config_from_dict(cls, data)
+
+
+def config_from_dict(cls: type[_C], data: dict[str, Any]) -> _C:
+    try:
+        return cls(**data)  # type: ignore[call-arg]
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "config"
+        raise InvalidConfigError(f"{where}: {first.get('msg')}", param=where) from None
+    except (TypeError, ValueError) as exc:
+        raise InvalidConfigError(str(exc)) from None

@@ -1,0 +1,45 @@
+"""Everything that touches MLX. Knows nothing about HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ..config import MlxModelConfig
+from .engine import Engine, Generation, SamplingParams
+from .loader import LoadedModel, load
+from .prompt import ChatPrompt, RenderedPrompt, render
+
+
+class MlxCore:
+    """One loaded model and the worker that generates with it."""
+
+    def __init__(self, loaded: LoadedModel, queue_limit: int = 1) -> None:
+        self.loaded = loaded
+        self.engine = Engine(loaded, queue_limit=queue_limit)
+
+    @classmethod
+    def load(cls, config: MlxModelConfig) -> "MlxCore":
+        return cls(load(config))
+
+    @property
+    def model_id(self) -> str:
+        return self.loaded.model_id
+
+    @property
+    def context_length(self) -> int:
+        return self.loaded.context_length
+
+    def render(self, prompt: ChatPrompt) -> RenderedPrompt:
+        return render(self.loaded, prompt)
+
+    def submit(
+        self, prompt: RenderedPrompt, params: SamplingParams, *, loop: asyncio.AbstractEventLoop | None = None
+    ) -> Generation:
+        return self.engine.submit(prompt, params, loop=loop)
+
+    def close(self) -> None:
+        self.engine.close()
+        self.loaded = None  # type: ignore[assignment]
+
+
+__all__ = ["ChatPrompt", "Generation", "MlxCore", "RenderedPrompt", "SamplingParams"]

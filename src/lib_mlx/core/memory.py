@@ -1,0 +1,33 @@
+"""MLX memory figures and giving memory back after an unload."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import sys
+
+from ..config import MemoryInfo
+
+
+def memory_info() -> MemoryInfo:
+    import mlx.core as mx
+
+    return MemoryInfo(
+        active_bytes=int(mx.get_active_memory()),
+        peak_bytes=int(mx.get_peak_memory()),
+        cache_bytes=int(mx.get_cache_memory()),
+    )
+
+
+def release_memory() -> None:
+    """Collect dropped arrays, empty MLX's buffer cache and, on glibc, hand freed arenas back to
+    the OS (NOTES.md: without ``malloc_trim`` RSS stays 150-1,800 MB high after an unload)."""
+    import mlx.core as mx
+
+    gc.collect()
+    mx.clear_cache()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass

@@ -1,0 +1,179 @@
+"""One error hierarchy for the whole package.
+
+Each class carries its HTTP status and its OpenAI error ``type``/``code``. The server maps any
+``LibMlxError`` to ``{"error": {...}}`` and the ABI to ``{"ok": false, "error": {...}}`` in one
+place each (``server.errors`` and ``abi``). Never classify errors by their message text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LibMlxError(Exception):
+    """Base class: a failure with a stable machine-readable code."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def to_openai(self) -> dict[str, Any]:
+        """The OpenAI wire shape: ``{"error": {"message", "type", "param", "code"}}``."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def to_abi(self) -> dict[str, Any]:
+        """The lifecycle ABI shape: ``{"ok": false, "error": {"code", "message"}}``."""
+        return {"ok": False, "error": {"code": self.code, "message": self.message}}
+
+
+# --- request / config problems (400) -------------------------------------------------------
+
+
+class InvalidRequestError(LibMlxError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class InvalidJsonError(InvalidRequestError):
+    code = "invalid_json"
+
+
+class InvalidConfigError(InvalidRequestError):
+    code = "invalid_config"
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    code = "context_length_exceeded"
+
+
+# --- auth / access ---------------------------------------------------------------------------
+
+
+class AuthenticationError(LibMlxError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class ForbiddenError(LibMlxError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden_host"
+
+
+# --- not found (404) -------------------------------------------------------------------------
+
+
+class NotFoundError(LibMlxError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    code = "model_not_found"
+
+
+class UnknownHandleError(NotFoundError):
+    code = "unknown_handle"
+
+
+# --- size / capacity -------------------------------------------------------------------------
+
+
+class PayloadTooLargeError(LibMlxError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class QueueFullError(LibMlxError):
+    status = 429
+    type = "rate_limit_error"
+    code = "queue_full"
+
+    def __init__(self, message: str = "The model's request queue is full; retry shortly.", **kw: Any) -> None:
+        kw.setdefault("headers", {"Retry-After": "1"})
+        super().__init__(message, **kw)
+
+
+# --- lifecycle state ---------------------------------------------------------------------------
+
+
+class ServerNotRunningError(LibMlxError):
+    status = 409
+    type = "invalid_request_error"
+    code = "server_not_running"
+
+
+class PortInUseError(LibMlxError):
+    status = 409
+    type = "invalid_request_error"
+    code = "port_in_use"
+
+
+class ServerStartError(LibMlxError):
+    code = "server_start_failed"
+
+
+class ModelLoadError(LibMlxError):
+    code = "model_load_failed"
+
+
+class NotReadyError(LibMlxError):
+    status = 503
+    type = "server_error"
+    code = "model_not_ready"
+
+
+# --- generation ------------------------------------------------------------------------------
+
+
+class GenerationError(LibMlxError):
+    status = 500
+    type = "server_error"
+    code = "generation_failed"
+
+
+class OutOfMemoryError(GenerationError):
+    code = "out_of_memory"
+
+
+class CancelledError(LibMlxError):
+    """A generation was cancelled (client gone, server stopping, model unloading)."""
+
+    status = 499
+    type = "server_error"
+    code = "cancelled"
+
+
+def from_exception(exc: BaseException) -> LibMlxError:
+    """Wrap anything unexpected as an internal error, keeping ours as they are."""
+    if isinstance(exc, LibMlxError):
+        return exc
+    if isinstance(exc, MemoryError):
+        return OutOfMemoryError(f"Out of memory: {exc}")
+    return LibMlxError(f"{type(exc).__name__}: {exc}")

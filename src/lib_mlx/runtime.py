@@ -1,0 +1,168 @@
+"""LibMlxRuntime: the lifecycle (load, serve, stop, status, unload) over handles.
+
+Thread-safe. A table lock guards the handle map only; each handle has its own lock so that a
+long load or stop on one model never blocks status calls on another.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .config import MlxModelConfig, MlxServerConfig, ServerInfo
+from .errors import ServerNotRunningError, UnknownHandleError
+
+if TYPE_CHECKING:
+    import openai
+
+    from .core import MlxCore
+    from .server import ServerHandle
+
+
+@dataclass
+class _Entry:
+    handle: int
+    config: MlxModelConfig
+    core: "MlxCore"
+    server: "ServerHandle | None" = None
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    unloaded: bool = False
+
+
+class LibMlxRuntime:
+    """Owns loaded models and their servers. Several runtimes may live in one process."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, _Entry] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+
+    # lifecycle ----------------------------------------------------------------------------
+    def load_model(self, config: MlxModelConfig) -> int:
+        """Load a model (blocking) and return its handle (ints from 1)."""
+        from .core import MlxCore
+
+        core = MlxCore.load(config)
+        with self._lock:
+            handle = next(self._ids)
+            self._entries[handle] = _Entry(handle, config, core)
+        return handle
+
+    def start_server(self, handle: int, config: MlxServerConfig | None = None) -> ServerInfo:
+        """Start the HTTP server for ``handle``; if it already runs, return its info."""
+        from .server import ServerHandle
+
+        entry = self._entry(handle)
+        with entry.lock:
+            self._check_alive(entry)
+            if entry.server is not None and entry.server.running:
+                return entry.server.info
+            settings = config or MlxServerConfig()
+            entry.core.engine.queue_limit = settings.queue_limit
+            entry.server = ServerHandle(entry.core, settings)
+            return entry.server.info
+
+    def stop_server(self, handle: int) -> bool:
+        """Stop the server (synchronous). Returns whether one was running; stopping a stopped
+        server is not an error."""
+        entry = self._entry(handle)
+        with entry.lock:
+            self._check_alive(entry)
+            return self._stop(entry)
+
+    def server_status(self, handle: int) -> dict[str, Any]:
+        from .core.memory import memory_info
+
+        entry = self._entry(handle)
+        with entry.lock:
+            self._check_alive(entry)
+            server = entry.server
+            running = server is not None and server.running
+            server_body: dict[str, Any] = {"status": "running" if running else "stopped"}
+            if running and server is not None:
+                server_body.update(server.info.to_dict())
+            loaded = entry.core.loaded
+            return {
+                "handle": handle,
+                "model": {
+                    "status": "ready",
+                    "model_id": loaded.model_id,
+                    "model_path": str(loaded.model_path),
+                    "model_type": loaded.model_type,
+                    "context_length": loaded.context_length,
+                    "thinking_enabled": loaded.thinking_enabled,
+                },
+                "server": server_body,
+                "in_flight": entry.core.engine.in_flight,
+                "memory": memory_info().to_dict(),
+            }
+
+    def unload_model(self, handle: int) -> None:
+        """Stop the server, cancel generations, free the model's memory; the handle dies."""
+        from .core.memory import release_memory
+
+        entry = self._entry(handle)
+        with entry.lock:
+            self._check_alive(entry)
+            self._stop(entry)
+            entry.unloaded = True
+            with self._lock:
+                self._entries.pop(handle, None)
+            entry.core.close()
+            entry.core = None  # type: ignore[assignment]
+        del entry
+        release_memory()
+
+    def handles(self) -> list[int]:
+        with self._lock:
+            return sorted(self._entries)
+
+    def close(self) -> None:
+        """Unload everything (for process exit and tests)."""
+        for handle in self.handles():
+            try:
+                self.unload_model(handle)
+            except UnknownHandleError:
+                pass
+
+    # conveniences -------------------------------------------------------------------------
+    def server_info(self, handle: int) -> ServerInfo:
+        entry = self._entry(handle)
+        with entry.lock:
+            self._check_alive(entry)
+            if entry.server is None or not entry.server.running:
+                raise ServerNotRunningError(f"no server is running for handle {handle}")
+            return entry.server.info
+
+    def openai_client(self, handle: int, **kwargs: Any) -> "openai.OpenAI":
+        """An ``openai.OpenAI`` client bound to this handle's server (token included)."""
+        import openai
+
+        info = self.server_info(handle)
+        return openai.OpenAI(base_url=f"{info.base_url}/v1", api_key=info.api_key or "none", **kwargs)
+
+    # internals ----------------------------------------------------------------------------
+    def _entry(self, handle: int) -> _Entry:
+        if isinstance(handle, bool) or not isinstance(handle, int):
+            raise UnknownHandleError(f"handle must be an integer, not {type(handle).__name__}")
+        with self._lock:
+            entry = self._entries.get(handle)
+        if entry is None:
+            raise UnknownHandleError(f"unknown handle {handle}")
+        return entry
+
+    @staticmethod
+    def _check_alive(entry: _Entry) -> None:
+        if entry.unloaded:
+            raise UnknownHandleError(f"unknown handle {entry.handle} (unloaded)")
+
+    @staticmethod
+    def _stop(entry: _Entry) -> bool:
+        server, entry.server = entry.server, None
+        if server is None:
+            return False
+        was_running = server.running
+        server.stop()
+        return was_running

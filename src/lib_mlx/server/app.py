@@ -1,0 +1,51 @@
+"""The ASGI application: routes, error mapping, access control, CORS."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Route
+
+from ..errors import LibMlxError
+from .chat.serving import create_chat_completion
+from .context import ServerContext
+from .errors import handle_http_error, handle_lib_error, handle_unexpected
+from .models import health, list_models
+from .security import AccessMiddleware, allowed_hosts
+
+
+def build_app(ctx: ServerContext, *, port: int) -> Starlette:
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/chat/completions", create_chat_completion, methods=["POST"]),
+    ]
+    middleware = [
+        Middleware(AccessMiddleware, api_key=ctx.api_key, hosts=allowed_hosts(ctx.settings.host, port)),
+    ]
+    if ctx.settings.allowed_origins:
+        middleware.insert(
+            0,
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(ctx.settings.allowed_origins),
+                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                allow_headers=["Authorization", "Content-Type"],
+            ),
+        )
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={
+            LibMlxError: handle_lib_error,
+            HTTPException: handle_http_error,
+            Exception: handle_unexpected,
+        },
+    )
+    app.state.ctx = ctx
+    app.state.created = int(time.time())
+    return app

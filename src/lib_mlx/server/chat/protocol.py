@@ -1,0 +1,158 @@
+"""Chat Completions request model (pydantic v2): strict types, lenient to unknown fields."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+log = logging.getLogger("lib_mlx.server")
+
+_LENIENT = ConfigDict(extra="allow", strict=True)
+
+
+class FunctionDef(BaseModel):
+    model_config = _LENIENT
+    name: str = Field(min_length=1, max_length=256)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = _LENIENT
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    model_config = _LENIENT
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = _LENIENT
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class ToolCallFunction(BaseModel):
+    model_config = _LENIENT
+    name: str
+    arguments: str | dict[str, Any] = ""
+
+
+class ToolCallIn(BaseModel):
+    model_config = _LENIENT
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
+class ContentPart(BaseModel):
+    """One part of a message's content. Media parts (``image_url``, ``input_audio``) are decoded
+    by the media layer."""
+
+    model_config = _LENIENT
+    type: Literal["text", "image_url", "input_audio", "input_text", "image", "audio", "input_image"]
+    text: str | None = None
+    image_url: dict[str, Any] | str | None = None
+    input_audio: dict[str, Any] | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = _LENIENT
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+
+    @model_validator(mode="after")
+    def _content_present(self) -> "ChatMessage":
+        if self.role != "assistant" and self.content is None:
+            raise ValueError(f"a {self.role} message needs content")
+        if self.role == "assistant" and self.content is None and not self.tool_calls:
+            raise ValueError("an assistant message needs content or tool_calls")
+        return self
+
+
+class StreamOptions(BaseModel):
+    model_config = _LENIENT
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = _LENIENT
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(default=None, ge=1)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    thinking: bool | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
+
+    @field_validator("n")
+    @classmethod
+    def _only_one_choice(cls, n: int | None) -> int | None:
+        if n not in (None, 1):
+            raise ValueError("only n=1 is supported")
+        return n
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(stop, list) and len(stop) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return stop
+
+    @model_validator(mode="after")
+    def _tool_choice_needs_tools(self) -> "ChatCompletionRequest":
+        if isinstance(self.tool_choice, NamedToolChoice) or self.tool_choice == "required":
+            names = {t.function.name for t in self.tools or []}
+            if not names:
+                raise ValueError("tool_choice requires tools")
+            if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+                raise ValueError(f"tool_choice names unknown function {self.tool_choice.function.name!r}")
+        if self.model_extra:
+            log.debug("ignoring unsupported chat fields: %s", sorted(self.model_extra))
+        return self
+
+    # derived values ---------------------------------------------------------------------
+    def max_new_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens or self.max_output_tokens
+
+    def stop_list(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    def thinking_flag(self) -> bool | None:
+        """The request's thinking toggle: ``thinking``, then ``chat_template_kwargs``, then
+        ``reasoning_effort`` ("none" turns it off, any other effort on)."""
+        if self.thinking is not None:
+            return self.thinking
+        kwargs = self.chat_template_kwargs or {}
+        for key in ("enable_thinking", "thinking"):
+            if isinstance(kwargs.get(key), bool):
+                return kwargs[key]
+        if self.reasoning_effort is not None:
+            return self.reasoning_effort != "none"
+        return None
