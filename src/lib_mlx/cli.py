@@ -1,0 +1,200 @@
+"""The ``lib-mlx`` command: ``serve``, ``demo`` and ``abi build``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from .config import MlxModelConfig, MlxServerConfig, ServerInfo
+from .errors import LibMlxError
+from .runtime import LibMlxRuntime
+
+
+@contextlib.contextmanager
+def progress(label: str, stream=sys.stderr) -> Iterator[None]:
+    """A spinner with elapsed seconds while something blocking (a model load) runs."""
+    done = threading.Event()
+    start = time.perf_counter()
+    interactive = stream.isatty()
+
+    def spin() -> None:
+        for frame in itertools.cycle("|/-\\"):
+            if done.wait(0.1):
+                return
+            if interactive:
+                stream.write(f"\r{frame} {label} {time.perf_counter() - start:5.1f}s")
+                stream.flush()
+
+    thread = threading.Thread(target=spin, daemon=True)
+    if not interactive:
+        stream.write(f"{label}...\n")
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        stream.write(f"\r{label}: done in {time.perf_counter() - start:.1f}s\n")
+        stream.flush()
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def page_url(info: ServerInfo) -> str:
+    """The chat page's URL; the token travels in the fragment, which browsers never send."""
+    return f"{info.base_url}/" + (f"#token={info.api_key}" if info.api_key else "")
+
+
+def _load(runtime: LibMlxRuntime, config: MlxModelConfig) -> int:
+    label = f"Loading {config.model_path or config.model_id}"
+    if config.model_path and Path(config.model_path).is_dir():
+        label += f" ({_dir_size(Path(config.model_path)) / 1e6:.1f} MB)"
+    with progress(label):
+        return runtime.load_model(config)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    runtime = LibMlxRuntime()
+    model = MlxModelConfig(
+        model_path=args.model, model_id=args.model_id, thinking_enabled=not args.no_thinking
+    )
+    handle = _load(runtime, model)
+    server = MlxServerConfig(
+        host=args.host,
+        port=args.port,
+        model_id=args.model_id,
+        queue_limit=args.queue_limit,
+        api_key=args.api_key,
+        auth="none" if args.no_auth else "bearer",
+        chat_page=not args.no_page,
+    )
+    info = runtime.start_server(handle, server)
+    print(f"Serving {info.model_id} at {info.base_url}/v1", flush=True)
+    if info.api_key:
+        print(f"API key: {info.api_key}", flush=True)
+    if server.chat_page:
+        print(f"Chat page: {page_url(info)}", flush=True)
+    print("Press Ctrl-C to stop.", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\nStopping...", flush=True)
+    finally:
+        runtime.unload_model(handle)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The design note's flow in Python: load, serve, chat through ``openai``, unload."""
+    from .tiny_models import default_demo_model
+
+    if args.model:
+        model_path = Path(args.model)
+    else:
+        with progress("Preparing the built-in demo model"):
+            model_path = default_demo_model()
+    runtime = LibMlxRuntime()
+    handle = _load(runtime, MlxModelConfig(str(model_path), thinking_enabled=True))
+    try:
+        info = runtime.start_server(handle, MlxServerConfig(port=0))
+        print(f"Server running on {info.base_url}")
+        print(f"Chat page: {page_url(info)}")
+        status = runtime.server_status(handle)
+        print(f"Model status: {status['model']['status']}, server status: {status['server']['status']}")
+        client = runtime.openai_client(handle)
+        print("Models:", ", ".join(m.id for m in client.models.list().data))
+        print(f"\nUser: {args.prompt}")
+        stream = client.chat.completions.create(
+            model=info.model_id,
+            messages=[{"role": "user", "content": args.prompt}],
+            stream=True,
+            stream_options={"include_usage": True},
+            max_tokens=args.max_tokens,
+        )
+        section = None
+        usage = None
+        for chunk in stream:
+            usage = chunk.usage or usage
+            if not chunk.choices:
+                continue
+            delta = chunk.choices[0].delta
+            reasoning = (delta.model_extra or {}).get("reasoning_content")
+            for name, text in (("Thinking", reasoning), ("Answer", delta.content)):
+                if text:
+                    if section != name:
+                        print(f"\n[{name}] ", end="")
+                        section = name
+                    print(text, end="", flush=True)
+        print()
+        if usage is not None:
+            details = usage.completion_tokens_details
+            print(
+                f"\nUsage: {usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens "
+                f"({details.reasoning_tokens if details else 0} reasoning)"
+            )
+    finally:
+        runtime.unload_model(handle)
+        print(f"Unloaded handle {handle}.")
+    return 0
+
+
+def cmd_abi_build(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    from . import abi_build
+
+    return abi_build.main(list(rest))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lib-mlx", description="Run a local MLX model behind an OpenAI-compatible server.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="load a model and serve it until Ctrl-C")
+    serve.add_argument("--model", required=True, help="local MLX model directory")
+    serve.add_argument("--model-id", default=None, help="id to serve the model under (default: directory name)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    serve.add_argument("--queue-limit", type=int, default=4)
+    serve.add_argument("--api-key", default=None, help="bearer token to require (default: a random one)")
+    serve.add_argument("--no-auth", action="store_true", help="accept requests without a token")
+    serve.add_argument("--no-thinking", action="store_true", help="thinking off unless a request turns it on")
+    serve.add_argument("--no-page", action="store_true", help="do not serve the chat page at /")
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="load the built-in demo model, serve it, chat once, unload")
+    demo.add_argument("--model", default=None, help="use this model directory instead of the built-in one")
+    demo.add_argument("--prompt", default="Hello! Who are you?")
+    demo.add_argument("--max-tokens", type=int, default=128)
+    demo.set_defaults(func=cmd_demo)
+
+    abi = sub.add_parser("abi", help="the C ABI shared library")
+    abi_sub = abi.add_subparsers(dest="abi_command", required=True)
+    build = abi_sub.add_parser("build", help="build liblib_mlx (.so/.dylib); options: --out DIR", add_help=False)
+    build.set_defaults(func=cmd_abi_build)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    try:
+        if args.func is cmd_abi_build:
+            return cmd_abi_build(args, rest)
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return args.func(args)
+    except LibMlxError as exc:
+        print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Chat Completions through the real openai client over a socket (issue 2)."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import openai
+import pytest
+
+from lib_mlx.tiny_models import TRIGGERS
+
+# Scripted answers: greedy decoding after the thinking-on generation prompt emits these pieces.
+ANSWERS = {
+    "qwen3": ["Paris", " is", " the", " capital", " of", " France", "."],
+    "gemma4_text": ["Yes", ",", " Paris", " it", " is", "!"],
+}
+
+
+@pytest.fixture(params=sorted(ANSWERS))
+def scripted(request, make_model):
+    family = request.param
+    pieces = ANSWERS[family]
+    return family, make_model(family, chains={TRIGGERS[family]["thinking"]: pieces}), pieces
+
+
+MESSAGES = [{"role": "user", "content": "Is the capital of France Paris? Answer Yes or No."}]
+
+
+def test_chat_completion_exact_text_and_usage(serve, scripted) -> None:
+    family, model_dir, pieces = scripted
+    with serve(model_dir) as s:
+        client = s.client()
+        reply = client.chat.completions.create(model=s.info.model_id, messages=MESSAGES, temperature=0.0)
+        choice = reply.choices[0]
+        assert choice.message.role == "assistant"
+        assert choice.message.content == "".join(pieces)
+        assert choice.finish_reason == "stop"
+        assert reply.object == "chat.completion" and reply.model == s.info.model_id
+        assert reply.usage.completion_tokens == len(pieces)
+        assert reply.usage.total_tokens == reply.usage.prompt_tokens + len(pieces)
+        rendered = s.runtime._entry(s.handle).core.render  # prompt token count from the same template
+        from lib_mlx.core import ChatPrompt
+
+        assert reply.usage.prompt_tokens == len(rendered(ChatPrompt(messages=MESSAGES)).tokens)
+
+
+def test_streamed_chat_completion_exact_text_and_usage(serve, scripted) -> None:
+    family, model_dir, pieces = scripted
+    with serve(model_dir) as s:
+        stream = s.client().chat.completions.create(
+            model=s.info.model_id,
+            messages=MESSAGES,
+            temperature=0.0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = list(stream)
+    content = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert "".join(content) == "".join(pieces)
+    assert len(content) == len(pieces)  # one delta per token: nothing is held back
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["stop"]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert len({c.id for c in chunks}) == 1
+    usage = chunks[-1].usage
+    assert not chunks[-1].choices and usage is not None
+    assert usage.completion_tokens == len(pieces)
+
+
+def test_max_tokens_and_stop(serve, scripted) -> None:
+    family, model_dir, pieces = scripted
+    with serve(model_dir) as s:
+        client = s.client()
+        cut = client.chat.completions.create(model=s.info.model_id, messages=MESSAGES, max_tokens=2)
+        assert cut.choices[0].message.content == "".join(pieces[:2])
+        assert cut.choices[0].finish_reason == "length" and cut.usage.completion_tokens == 2
+        for field in ("max_completion_tokens", "max_output_tokens"):
+            reply = client.chat.completions.create(
+                model=s.info.model_id, messages=MESSAGES, extra_body={field: 3}
+            )
+            assert reply.usage.completion_tokens == 3
+        stop_at = pieces[2]
+        stopped = client.chat.completions.create(model=s.info.model_id, messages=MESSAGES, stop=[stop_at])
+        assert stopped.choices[0].message.content == "".join(pieces[:2])
+        assert stopped.choices[0].finish_reason == "stop"
+
+
+def test_list_models_and_health(serve, make_model) -> None:
+    with serve(make_model("qwen3"), model_id="my/model") as s:
+        models = s.client().models.list()
+        assert [m.id for m in models.data] == ["my/model"]
+        assert models.data[0].owned_by == "local"
+        health = httpx.get(f"{s.info.base_url}/health")
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+
+
+def _error(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["message"]
+    return body["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": []}, "messages"),
+        ({}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user"}]}, "messages[0]"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, "n"),
+        ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": "ten"}, "max_tokens"),
+        ({"messages": [{"role": "user", "content": "hi"}], "temperature": 9}, "temperature"),
+        ({"messages": "hi"}, "messages"),
+    ],
+)
+def test_bad_requests_get_400(serve, make_model, body, param) -> None:
+    with serve(make_model("qwen3")) as s:
+        r = httpx.post(f"{s.info.base_url}/v1/chat/completions", json=body, headers=s.headers)
+        error = _error(r, 400)
+        assert error["type"] == "invalid_request_error"
+        assert error["param"] == param
+
+
+def test_bad_json_unknown_model_and_route(serve, make_model) -> None:
+    with serve(make_model("qwen3")) as s:
+        url = f"{s.info.base_url}/v1/chat/completions"
+        assert _error(httpx.post(url, content=b"{nope", headers=s.headers), 400)["code"] == "invalid_json"
+        body = {"model": "not-this-one", "messages": [{"role": "user", "content": "hi"}]}
+        assert _error(httpx.post(url, json=body, headers=s.headers), 404)["code"] == "model_not_found"
+        assert _error(httpx.get(f"{s.info.base_url}/v1/nothing", headers=s.headers), 404)["code"] == "not_found"
+        with pytest.raises(openai.NotFoundError):
+            s.client().chat.completions.create(model="not-this-one", messages=MESSAGES)
+        # The server still serves afterwards.
+        assert s.client().chat.completions.create(model=s.info.model_id, messages=MESSAGES, max_tokens=2)
+
+
+def test_queue_full_gets_429_with_retry_after(serve, make_model) -> None:
+    # A random model generates until max_tokens: a long request holds the only slot.
+    with serve(make_model("llama"), queue_limit=1) as s:
+        client = s.client()
+        stream = client.chat.completions.create(
+            model=s.info.model_id, messages=MESSAGES, max_tokens=3000, stream=True
+        )
+        first = next(iter(stream))
+        assert first.choices[0].delta.role == "assistant"
+        r = httpx.post(
+            f"{s.info.base_url}/v1/chat/completions",
+            json={"model": s.info.model_id, "messages": MESSAGES, "max_tokens": 2},
+            headers=s.headers,
+        )
+        error = _error(r, 429)
+        assert error["type"] == "rate_limit_error" and error["code"] == "queue_full"
+        assert r.headers["retry-after"] == "1"
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(model=s.info.model_id, messages=MESSAGES, max_tokens=2)
+        stream.close()  # the client goes away: its generation is cancelled and the slot freed
+        for _ in range(200):
+            if s.status()["in_flight"] == 0:
+                break
+            threading.Event().wait(0.05)
+        assert s.status()["in_flight"] == 0
+        assert client.chat.completions.create(model=s.info.model_id, messages=MESSAGES, max_tokens=2)
