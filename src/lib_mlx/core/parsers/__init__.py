@@ -1,0 +1,39 @@
+"""Family parsers: generated text -> typed events (the seam between generation and the wire).
+
+Interface (stable; the engine depends only on this):
+
+    spec = parser_spec_from_tokenizer(tokenizer)      # once per loaded model
+    parser = make_parser(spec, tools=tools, starts_in_reasoning=False)  # once per request
+    events = parser.feed(text)    # once per generated token, with that token's decoded text
+    parser.in_reasoning           # True if the last fed token belonged to the reasoning block
+    events = parser.finish()      # at the end: flushes held-back text, completes tool calls
+    parser.reasoning_tokens       # exact count of reasoning tokens (final after finish())
+
+Events are ``core.events`` types (TextDelta, ReasoningDelta, ToolCall*). Families (``qwen3``,
+``gemma4``, ``mlx_lm``, ``plain``) register by name (``register_family``) and are detected
+from the tokenizer's markers and tool parser; ``ParserSpec.family`` overrides detection.
+``strip_reasoning`` removes inline reasoning from a prior assistant turn; ``parse_text``
+parses a whole text at once. The rules (whitespace, malformed calls, reasoning-token
+counting) are in ``base``'s docstring.
+"""
+
+from __future__ import annotations
+
+from .base import CallBlock, Family, ParserSpec, StreamParser
+from .registry import detect_family, get_family, make_parser, parser_spec_from_tokenizer, register_family
+from .text import ParsedOutput, parse_text, strip_reasoning
+
+__all__ = [
+    "CallBlock",
+    "Family",
+    "ParsedOutput",
+    "ParserSpec",
+    "StreamParser",
+    "detect_family",
+    "get_family",
+    "make_parser",
+    "parse_text",
+    "parser_spec_from_tokenizer",
+    "register_family",
+    "strip_reasoning",
+]

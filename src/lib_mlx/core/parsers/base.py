@@ -1,0 +1,446 @@
+"""The streaming driver every family shares.
+
+Marker matching is mlx-lm's ``TextStateMachine`` (it holds back text that could still be the
+start of a marker, so a marker split over any token boundary never leaks). Three states:
+``normal`` (the answer), ``reasoning`` and ``tool`` (inside a tool-call block). A family
+only declares its markers and a ``CallBlock`` class that turns the text of one tool-call
+block into ``ToolCall*`` events; everything else lives here:
+
+* **Whitespace.** Each reasoning block is stripped at both ends (Gemma 4's ``thought\\n``
+  label and Qwen3's ``<think>\\n`` … ``\\n</think>``); the answer's leading whitespace after a
+  reasoning block or a tool call is dropped, and so is whitespace right before a tool call.
+  Whitespace is otherwise kept verbatim.
+* **Malformed calls.** A block's text goes back raw (markers included) to the channel it
+  began in — content, or reasoning if the block opened inside reasoning — and scanning
+  resumes right after the point where it stopped making sense (see ``CallBlock``).
+* **Reasoning tokens.** Every character of the output is classified once (marker, reasoning,
+  answer, call); a token counts as a reasoning token iff at least one of its characters lies
+  inside a reasoning block, i.e. strictly between the start marker (Gemma 4: the whole
+  ``<|channel>thought``) and the end marker; an empty-text token (half a UTF-8 character)
+  counts iff it arrives while the parser is in reasoning. ``reasoning_tokens`` is exact
+  (final after ``finish()``); ``in_reasoning`` is the same judgement for the token just fed,
+  made at once — it can only differ when a marker arrives split over several tokens. Text
+  given as ``prefill`` or fed with ``token=False`` adds no token.
+* **Calls inside reasoning.** A tool-call block that opens inside reasoning is parsed like any
+  other; a well-formed call ends the reasoning (as in mlx-lm), a malformed one goes back to
+  the reasoning text.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+from mlx_lm.generate import TextStateMachine
+
+from ..events import Event, ReasoningDelta, TextDelta, ToolCallArgumentsDelta, ToolCallEnd, ToolCallStart
+
+NORMAL, REASONING, TOOL = "normal", "reasoning", "tool"
+
+
+@dataclass(frozen=True)
+class ParserSpec:
+    """What a model's output looks like. ``family`` names the registered family (``"auto"``:
+    detect from the other fields); ``tool_parser`` names an ``mlx_lm.tool_parsers`` module.
+    A spec that names a family but no markers at all gets that family's markers."""
+
+    family: str
+    think_start: str | None = None
+    think_end: str | None = None
+    tool_call_start: str | None = None
+    tool_call_end: str | None = None
+    tool_parser: str | None = None
+
+
+@dataclass(frozen=True)
+class Family:
+    """A registered output family: default markers and the syntax of its tool calls."""
+
+    name: str
+    call_block: Callable[..., CallBlock] | None = None  # CallBlock subclass; None: no tool calls
+    think_start: str | None = None
+    think_end: str | None = None
+    tool_call_start: str | None = None
+    tool_call_end: str | None = None
+    use_markers: bool = True  # False: text passes through untouched (plain models)
+
+    def markers(self, spec: ParserSpec) -> tuple[str | None, str | None, str | None, str | None]:
+        if not self.use_markers:
+            return None, None, None, None
+        own = (spec.think_start, spec.think_end, spec.tool_call_start, spec.tool_call_end)
+        if not any(own):
+            own = (self.think_start, self.think_end, self.tool_call_start, self.tool_call_end)
+        ts, te, cs, ce = (m or None for m in own)  # "" (e.g. mistral's end) means none
+        if not (ts and te):
+            ts = te = None
+        if not cs or self.call_block is None:
+            cs = ce = None
+        return ts, te, cs, ce
+
+
+class CallBlock:
+    """The text of one tool-call block, from its start marker on, turned into call events.
+
+    Subclasses implement ``_consume`` (read text, committing calls through ``_commit``,
+    ``_end``), ``_in_call``, and optionally ``_pending_args``/``_closer``/``_complete_enough``.
+
+    The contract that keeps events consistent whatever the model writes:
+
+    * A call is *committed* (``ToolCallStart``) once its name is known; its arguments then
+      stream as ``ToolCallArgumentsDelta``s that are always a prefix of valid JSON which
+      ``_closer()`` completes. A committed call always gets its ``ToolCallEnd``: if the text
+      stops making sense (a syntax error, or the block/generation ends mid-call) the parser
+      emits the closing delta and the ``ToolCallEnd``, then gives the call's raw text back
+      as content too, so nothing the model wrote is lost.
+    * Text that fails before a call is committed is only given back raw.
+    * ``resolved`` counts the block's characters (start marker included) that ended up in
+      completed calls; ``unresolved()`` is the rest — what a failure gives back.
+    """
+
+    def __init__(self, parser: StreamParser, marker: str, origin: str, tools: list[dict] | None) -> None:
+        self.origin = origin
+        self.tools = tools
+        self._parser = parser
+        self._raw = [marker]
+        self.fed = len(marker)
+        self.resolved = 0
+        self.completed = 0
+        self._base = 0
+        self._open: list | None = None  # [index, id, name, parts]
+
+    # -- driven by the parser ----------------------------------------------------------------
+    def feed(self, text: str) -> int | None:
+        """Read ``text``; the index where it stops belonging to a call, or None."""
+        self._base = self.fed
+        k = self._consume(text)
+        self._raw.append(text if k is None else text[:k])
+        self.fed += len(text) if k is None else k
+        if k is not None and self._open is not None:
+            self._force_end()
+        self._flush()
+        return k
+
+    def close(self) -> bool:
+        """The block ended (end marker, or end of generation). True if ``unresolved()`` must be
+        given back raw."""
+        if self._in_call():
+            if self._open is not None and self._complete_enough():
+                self._end(self.fed - self._base - 1)
+                return False
+            if self._open is not None:
+                self._force_end()
+            return True
+        return self.completed == 0
+
+    def unresolved(self) -> str:
+        return "".join(self._raw)[self.resolved :]
+
+    # -- for subclasses ----------------------------------------------------------------------
+    def _consume(self, text: str) -> int | None:
+        raise NotImplementedError
+
+    def _in_call(self) -> bool:
+        raise NotImplementedError
+
+    def _pending_args(self) -> str:
+        return ""
+
+    def _closer(self) -> str:
+        return ""
+
+    def _complete_enough(self) -> bool:
+        return False
+
+    def _commit(self, name: str) -> None:
+        index, call_id = self._parser._call_start(self, name)
+        self._open = [index, call_id, name, []]
+
+    def _delta(self, text: str) -> None:
+        if text and self._open is not None:
+            self._open[3].append(text)
+            self._parser._push(ToolCallArgumentsDelta(self._open[0], text))
+
+    def _flush(self) -> None:
+        if self._open is not None:
+            self._delta(self._pending_args())
+
+    def _end(self, i: int) -> None:
+        """The committed call is complete; ``i``: index, in the text being read, of its last
+        character."""
+        self._flush()
+        self._finish_open()
+        self.resolved = self._base + i + 1
+
+    def _force_end(self) -> None:
+        self._delta(self._pending_args() + self._closer())
+        self._finish_open()
+
+    def _finish_open(self) -> None:
+        index, call_id, name, parts = self._open
+        if not parts:
+            self._delta("{}")
+        self._open = None
+        self.completed += 1
+        self._parser._call_end(ToolCallEnd(index, call_id, name, "".join(parts)))
+
+
+@functools.lru_cache(maxsize=64)
+def _machine(ts: str | None, te: str | None, cs: str | None, ce: str | None):
+    """The state machine for a marker set and the marker behind each (from, to) transition."""
+    edges: dict[str, list[tuple[str, str]]] = {NORMAL: []}
+    if ts and te:
+        edges[NORMAL].append((ts, REASONING))
+        edges[REASONING] = [(te, NORMAL)]
+    if cs:
+        edges[NORMAL].append((cs, TOOL))
+        if ts and te:
+            edges[REASONING].append((cs, TOOL))
+        edges[TOOL] = [(ce, NORMAL)] if ce else []
+    markers = {(src, dst): text for src, out in edges.items() for text, dst in out}
+    return TextStateMachine(edges), markers
+
+
+class StreamParser:
+    """Turns generated text into events; one per request. See the package docstring."""
+
+    def __init__(
+        self,
+        spec: ParserSpec,
+        family: Family,
+        *,
+        tools: list[dict] | None = None,
+        starts_in_reasoning: bool = False,
+        prefill: str = "",
+        parse_tools: bool = True,
+    ) -> None:
+        ts, te, cs, ce = family.markers(spec)
+        if not parse_tools:
+            cs = ce = None
+        self.spec = spec
+        self.family = family
+        self.tools = tools
+        self.in_reasoning = False
+        self.reasoning_tokens = 0
+        self._sm, self._markers = _machine(ts, te, cs, ce)
+        start = REASONING if starts_in_reasoning and ts else NORMAL
+        self._st = self._sm.make_state(start)
+        self._events: list[Event] = []
+        self._block: CallBlock | None = None
+        self._block_at = 0  # stream position of the open block's start marker
+        self._calls = 0
+        # stream positions: start of the state machine's buffer, end of fed text, classified
+        self._pos = self._end = self._marked = 0
+        self._tokens: deque[list] = deque()  # tokens whose characters are not all classified
+        self._last: list | None = None
+        # whitespace handling
+        self._hold_ws = cs is not None
+        self._content_ws = ""
+        self._content_lstrip = False
+        self._reason_ws = ""
+        self._reason_lstrip = start == REASONING
+        self._reasoned = False
+        if prefill:
+            self._end = len(prefill)
+            self._scan(prefill)
+
+    # -- public interface --------------------------------------------------------------------
+    def feed(self, text: str, *, token: bool = True) -> list[Event]:
+        """One generated token's text → the events it completes. ``token=False``: the text
+        continues the previous token (e.g. the detokenizer's ``finalize()`` tail), so it adds
+        no token to the reasoning count."""
+        current = self._last
+        if token or current is None:
+            current = self._last = [self._end, self._end, False, False]  # start, end, counted, queued
+        if text:
+            current[1] = self._end + len(text)
+            if not current[3]:
+                current[3] = True
+                self._tokens.append(current)
+        self._end += len(text)
+        self._scan(text)
+        state = self._st[0]
+        if current[0] == current[1] and not current[2] and state == REASONING:
+            current[2] = True  # an empty-text token (half a character) inside reasoning
+            self.reasoning_tokens += 1
+        self.in_reasoning = current[2] or (current[1] > self._marked and state == REASONING)
+        return self._take()
+
+    def finish(self) -> list[Event]:
+        """End of generation: flush held-back text, complete or give back an open call."""
+        while self._st[3]:
+            state, buf = self._st[0], self._st[3]
+            self._st = self._sm.make_state(state)
+            restart = self._segments(buf, [(state, buf)])
+            if restart is None:
+                self._pos += len(buf)
+            else:
+                self._restart(buf, *restart)
+        if self._block is not None:
+            self._close_block("")
+        if self._content_ws and not self._content_lstrip:
+            self._push(TextDelta(self._content_ws))
+        self._content_ws = self._reason_ws = ""
+        self._mark(self._end, False)
+        return self._take()
+
+    # -- scanning ----------------------------------------------------------------------------
+    def _scan(self, text: str) -> None:
+        while True:
+            raw = self._st[3] + text
+            self._st, segments = TextStateMachine.split(self._st, text)
+            restart = self._segments(raw, segments)
+            if restart is None:
+                self._pos += len(raw) - len(self._st[3])
+                return
+            at, state = restart
+            self._pos += at
+            self._st = self._sm.make_state(state)
+            text = raw[at:]
+
+    def _restart(self, raw: str, at: int, state: str) -> None:
+        self._pos += at
+        self._st = self._sm.make_state(state)
+        self._scan(raw[at:])
+
+    def _segments(self, raw: str, segments: list[tuple[str, str]]) -> tuple[int, str] | None:
+        """Handle one split; (position in ``raw``, state) to rescan from, or None."""
+        at = 0
+        prev = None
+        for n, (state, text) in enumerate(segments):
+            if n:
+                marker = self._markers[(prev, state)]
+                at += len(marker)
+                restart = self._transition(prev, state, marker, at)
+                if restart is not None:
+                    return restart
+            if text:
+                if state == TOOL:
+                    block = self._block
+                    k = block.feed(text)
+                    self._mark(self._block_at + block.resolved, False)
+                    if k is not None:
+                        self._block = None
+                        self._give_back(block, self._pos + at + k)
+                        return at + k, block.origin
+                else:
+                    self._mark(self._pos + at + len(text), state == REASONING)
+                    self._text(state, text)
+            at += len(text)
+            prev = state
+        return None
+
+    def _transition(self, src: str, dst: str, marker: str, at: int) -> tuple[int, str] | None:
+        end = self._pos + at
+        if dst == TOOL:
+            self._block = self.family.call_block(self, marker, src, self.tools)
+            self._block_at = end - len(marker)
+            return None  # its characters are classified when the call resolves
+        if src == TOOL:
+            origin = self._close_block(marker)
+            return (at, REASONING) if origin == REASONING else None
+        self._mark(end, False)
+        if dst == REASONING:
+            self._reason_lstrip = True
+            self._reason_ws = "\n\n" if self._reasoned else ""
+        else:
+            self._reason_ws = ""
+            self._content_lstrip = True
+        return None
+
+    def _close_block(self, marker: str) -> str | None:
+        """The open block ended; the state it must go back to if it failed, else None."""
+        block, self._block = self._block, None
+        failed = block.close()
+        self._mark(self._block_at + block.resolved, False)
+        if failed:
+            self._give_back(block, self._block_at + block.fed + len(marker), marker)
+            return block.origin
+        self._mark(self._block_at + block.fed + len(marker), False)
+        if block.origin == REASONING:
+            self._reason_ws = ""
+        return None
+
+    def _give_back(self, block: CallBlock, end: int, marker: str = "") -> None:
+        self._mark(end, block.origin == REASONING)
+        self._text(block.origin, block.unresolved() + marker)
+
+    # -- output channels ---------------------------------------------------------------------
+    def _text(self, state: str, text: str) -> None:
+        if state == REASONING:
+            if self._reason_lstrip:
+                text = text.lstrip()
+                if not text:
+                    return
+                self._reason_lstrip = False
+            body = text.rstrip()
+            if not body:
+                self._reason_ws += text
+                return
+            self._push(ReasoningDelta(self._reason_ws + body))
+            self._reason_ws = text[len(body) :]
+            self._reasoned = True
+            return
+        if self._content_lstrip:
+            text = text.lstrip()
+            if not text:
+                return
+            self._content_lstrip = False
+        if not self._hold_ws:
+            self._push(TextDelta(text))
+            return
+        body = text.rstrip()
+        if not body:
+            self._content_ws += text
+            return
+        self._push(TextDelta(self._content_ws + body))
+        self._content_ws = text[len(body) :]
+
+    def _push(self, event: Event) -> None:
+        last = self._events[-1] if self._events else None
+        if type(last) is type(event):
+            if isinstance(event, TextDelta | ReasoningDelta):
+                self._events[-1] = type(event)(last.text + event.text)
+                return
+            if isinstance(event, ToolCallArgumentsDelta) and last.index == event.index:
+                self._events[-1] = ToolCallArgumentsDelta(event.index, last.delta + event.delta)
+                return
+        self._events.append(event)
+
+    def _take(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
+
+    # -- calls (called by CallBlock) ---------------------------------------------------------
+    def _call_start(self, block: CallBlock, name: str) -> tuple[int, str]:
+        index = self._calls
+        self._calls += 1
+        call_id = "call_" + uuid.uuid4().hex[:24]
+        if block.origin == NORMAL:
+            self._content_ws = ""
+        self._push(ToolCallStart(index, call_id, name))
+        return index, call_id
+
+    def _call_end(self, event: ToolCallEnd) -> None:
+        self._push(event)
+        self._content_lstrip = True
+
+    # -- reasoning-token accounting ----------------------------------------------------------
+    def _mark(self, upto: int, reasoning: bool) -> None:
+        """Classify the stream's characters up to ``upto`` (reasoning or not)."""
+        if upto <= self._marked:
+            return
+        tokens = self._tokens
+        if reasoning:
+            for token in tokens:
+                if token[0] >= upto:
+                    break
+                if not token[2]:
+                    token[2] = True
+                    self.reasoning_tokens += 1
+        self._marked = upto
+        while tokens and tokens[0][1] <= upto:
+            tokens.popleft()[3] = False
+
