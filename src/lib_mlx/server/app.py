@@ -12,10 +12,12 @@ from starlette.routing import Route
 
 from ..errors import LibMlxError
 from .chat.serving import create_chat_completion
-from .context import ServerContext
+from .context import DisconnectMiddleware, ServerContext
 from .errors import handle_http_error, handle_lib_error, handle_unexpected
 from .models import health, list_models
-from .security import AccessMiddleware, allowed_hosts
+from .page import page_routes
+from .responses import ResponseStore, create_response, delete_response, get_response
+from .security import AccessMiddleware, BodyLimitMiddleware, allowed_hosts
 
 
 def build_app(ctx: ServerContext, *, port: int) -> Starlette:
@@ -23,9 +25,17 @@ def build_app(ctx: ServerContext, *, port: int) -> Starlette:
         Route("/health", health, methods=["GET"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/chat/completions", create_chat_completion, methods=["POST"]),
+        Route("/v1/responses", create_response, methods=["POST"]),
+        Route("/v1/responses/{response_id}", get_response, methods=["GET"]),
+        Route("/v1/responses/{response_id}", delete_response, methods=["DELETE"]),
     ]
+    if ctx.settings.chat_page:
+        routes += page_routes()
     middleware = [
         Middleware(AccessMiddleware, api_key=ctx.api_key, hosts=allowed_hosts(ctx.settings.host, port)),
+        # Inside access control: a stranger's body is never read, and what is read is capped.
+        Middleware(BodyLimitMiddleware, max_body_bytes=ctx.settings.max_body_bytes),
+        Middleware(DisconnectMiddleware),
     ]
     if ctx.settings.allowed_origins:
         middleware.insert(
@@ -47,5 +57,6 @@ def build_app(ctx: ServerContext, *, port: int) -> Starlette:
         },
     )
     app.state.ctx = ctx
+    app.state.responses = ResponseStore()
     app.state.created = int(time.time())
     return app
