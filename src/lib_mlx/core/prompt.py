@@ -34,6 +34,9 @@ class RenderedPrompt:
     # engine feeds it to the parser before the first generated token.
     assistant_prefix: str = ""
     tools: list[dict[str, Any]] | None = None
+    # Decoded images/audio (``core.vlm.MediaInputs``) in the order the text's placeholders
+    # appear; the engine encodes them (``core.vlm.prompt_inputs``).
+    media: Any = None
 
 
 def _text_of(content: Any) -> str:
@@ -47,6 +50,23 @@ def _text_of(content: Any) -> str:
         if isinstance(part, dict) and part.get("type") in ("text", "input_text", "output_text"):
             parts.append(part.get("text") or "")
     return "".join(parts)
+
+
+def _content_of(content: Any) -> Any:
+    """Text, or -- where decoded media are present -- the parts a multimodal chat template
+    renders: ``{"type": "text"}``, ``{"type": "image"}`` and ``{"type": "audio"}`` in order."""
+    if not isinstance(content, list) or not any(
+        isinstance(p, dict) and p.get("type") in ("image", "audio") for p in content
+    ):
+        return _text_of(content)
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("image", "audio"):
+            parts.append({"type": kind})
+        elif kind in ("text", "input_text", "output_text"):
+            parts.append({"type": "text", "text": part.get("text") or ""})
+    return parts
 
 
 def _normalize_tool_calls(tool_calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -68,16 +88,25 @@ def _normalize_tool_calls(tool_calls: list[dict[str, Any]]) -> list[dict[str, An
 
 def normalize_messages(messages: list[dict[str, Any]], loaded: LoadedModel) -> list[dict[str, Any]]:
     """Copy messages into what chat templates expect: text content, parsed tool-call arguments,
-    and no reasoning from prior assistant turns (templates drop it; we drop it first)."""
-    from .parsers import strip_reasoning
+    and no reasoning from prior assistant turns.
 
+    Turn stripping: an assistant turn before the last user message loses its reasoning (the
+    ``reasoning_content``/``reasoning`` fields and inline blocks in ``content``), as the
+    families' templates drop it. An assistant turn after the last user message -- the tool
+    loop now in progress -- keeps its reasoning as ``reasoning_content`` (the field, or the
+    inline block moved out of ``content``), and the template decides: Qwen3 and Gemma 4 render
+    it back so that the model continues its own thought."""
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
     out: list[dict[str, Any]] = []
-    for message in messages:
+    for i, message in enumerate(messages):
         role = message.get("role")
         msg: dict[str, Any] = {"role": "system" if role == "developer" else role}
-        content = _text_of(message.get("content"))
+        content = _content_of(message.get("content")) if role == "user" else _text_of(message.get("content"))
         if role == "assistant":
-            content = strip_reasoning(content, loaded.parser_spec)
+            content, inline = _split_reasoning(content, loaded)
+            reasoning = message.get("reasoning_content") or message.get("reasoning") or inline
+            if i > last_user and reasoning:
+                msg["reasoning_content"] = reasoning
             if message.get("tool_calls"):
                 msg["tool_calls"] = _normalize_tool_calls(message["tool_calls"])
         if role == "tool":
@@ -90,20 +119,45 @@ def normalize_messages(messages: list[dict[str, Any]], loaded: LoadedModel) -> l
     return out
 
 
+def _split_reasoning(text: str, loaded: LoadedModel) -> tuple[str, str]:
+    """(content without inline reasoning blocks, their reasoning text); tool-call text stays."""
+    from .parsers import ParsedOutput, StreamParser, detect_family, get_family
+
+    spec = loaded.parser_spec
+    family = get_family(detect_family(spec) if spec.family == "auto" else spec.family)
+    start, end = family.markers(spec)[:2]
+    if not text or not start or (start not in text and end not in text):
+        return text, ""
+    # An end marker before any start marker: the template opened the block in the prompt.
+    opened = end in text and (start not in text or text.index(end) < text.index(start))
+    parser = StreamParser(spec, family, starts_in_reasoning=opened, parse_tools=False)
+    parsed = ParsedOutput().add(parser.feed(text)).add(parser.finish())
+    return parsed.content, parsed.reasoning
+
+
 def resolve_thinking(loaded: LoadedModel, requested: bool | None) -> bool:
     return loaded.thinking_enabled if requested is None else requested
 
 
 def render(loaded: LoadedModel, prompt: ChatPrompt) -> RenderedPrompt:
     """Render through the tokenizer's chat template and tokenize."""
+    from .vlm import collect_media
+
     tokenizer = loaded.tokenizer
     thinking = resolve_thinking(loaded, prompt.thinking)
+    media = collect_media(prompt.messages)
+    if media and getattr(loaded, "vlm", None) is None:
+        raise InvalidRequestError(
+            "this model does not accept images or audio (it has no vision/audio tower)",
+            param="messages",
+            code="unsupported_media",
+        )
     messages = normalize_messages(prompt.messages, loaded)
     tools = prompt.tools if prompt.tools and prompt.tool_choice != "none" else None
     kwargs: dict[str, Any] = dict(prompt.template_kwargs)
     kwargs["enable_thinking"] = thinking
     if getattr(tokenizer, "chat_template", None) is None:
-        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant: "
+        text = "\n".join(f"{m['role']}: {_text_of(m['content'])}" for m in messages) + "\nassistant: "
     else:
         try:
             text = tokenizer.apply_chat_template(
@@ -123,6 +177,7 @@ def render(loaded: LoadedModel, prompt: ChatPrompt) -> RenderedPrompt:
         starts_in_reasoning=starts_in_reasoning and not prefix,
         assistant_prefix=prefix,
         tools=tools,
+        media=media or None,
     )
 
 
