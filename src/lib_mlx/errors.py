@@ -163,9 +163,10 @@ class OutOfMemoryError(GenerationError):
 
 
 class CancelledError(LibMlxError):
-    """A generation was cancelled (client gone, server stopping, model unloading)."""
+    """A generation was cancelled (client gone, server stopping, model unloading). A client
+    that is still there to read the answer only sees this when the server goes away: 503."""
 
-    status = 499
+    status = 503
     type = "server_error"
     code = "cancelled"
 

@@ -1,15 +1,24 @@
 """What every route needs: the model's core, this server's settings, and the generations it
-has in flight (so that stopping the server ends them)."""
+has in flight (so that stopping the server ends them).
+
+``DisconnectMiddleware`` ties each request to the generations it submits: once the request's
+body has been read, one task waits for the client to go away and cancels them, so that a client
+that hangs up -- streaming or not, during the prompt or mid-answer -- frees its queue slot at
+the next token.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pydantic
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import MlxServerConfig
 from ..core import Generation, MlxCore, RenderedPrompt, SamplingParams
@@ -18,11 +27,13 @@ from ..errors import (
     InvalidJsonError,
     InvalidRequestError,
     ModelNotFoundError,
-    PayloadTooLargeError,
 )
 from .errors import from_validation_error
+from .security import body_too_large
 
 _M = TypeVar("_M", bound=pydantic.BaseModel)
+
+log = logging.getLogger("lib_mlx.server")
 
 
 @dataclass
@@ -36,17 +47,19 @@ class ServerContext:
 
     # request helpers --------------------------------------------------------------------
     async def read_body(self, request: Request) -> bytes:
-        """The body, refusing more than ``max_body_bytes`` (413) without reading it all."""
+        """The body, refusing more than ``max_body_bytes`` (413) without reading it all.
+        (``BodyLimitMiddleware`` enforces the same cap for every route; this keeps the check
+        where the body is read, for an app built without it.)"""
         limit = self.settings.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLargeError(f"request body is larger than the {limit}-byte limit")
+        declared = request.headers.get("content-length", "").strip()
+        if declared.isdigit() and int(declared) > limit:
+            raise body_too_large(limit)
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise PayloadTooLargeError(f"request body is larger than the {limit}-byte limit")
+                raise body_too_large(limit)
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -58,6 +71,8 @@ class ServerContext:
             raise InvalidJsonError("request body is not valid UTF-8") from None
         except ValueError as exc:
             raise InvalidJsonError(f"request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidJsonError("request body is nested too deeply") from None
         if not isinstance(data, dict):
             raise InvalidRequestError("request body must be a JSON object")
         return data
@@ -87,6 +102,9 @@ class ServerContext:
     def submit(self, rendered: RenderedPrompt, params: SamplingParams) -> Generation:
         generation = self.core.submit(rendered, params, loop=asyncio.get_running_loop())
         self.generations.add(generation)
+        watch = _request_watch.get()
+        if watch is not None:
+            watch.track(generation)
         return generation
 
     def release(self, generation: Generation) -> None:
@@ -96,3 +114,74 @@ class ServerContext:
     def cancel_all(self) -> None:
         for generation in list(self.generations):
             generation.cancel()
+
+
+# --- cancel on disconnect -----------------------------------------------------------------------
+
+_request_watch: ContextVar[DisconnectWatch | None] = ContextVar("lib_mlx_request_watch", default=None)
+
+
+class DisconnectWatch:
+    """One request's ``receive``, watched. After the last body message, a single task takes
+    over the real ``receive`` (which then only ever answers ``http.disconnect``: the client left,
+    or the response is complete) and every later caller -- Starlette's own disconnect listener
+    for streams included -- shares its answer."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._listener: asyncio.Task[Message] | None = None
+        self._generations: list[Generation] = []
+        self.disconnected = False
+
+    async def receive(self) -> Message:
+        if self._listener is not None:
+            return await asyncio.shield(self._listener)
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            self._on_disconnect()
+        elif message["type"] == "http.request" and not message.get("more_body", False):
+            self._listener = asyncio.ensure_future(self._listen())
+        return message
+
+    async def _listen(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            self._on_disconnect()
+        return message
+
+    def _on_disconnect(self) -> None:
+        # Also reached when the response completes; cancelling a finished generation is a no-op.
+        self.disconnected = True
+        for generation in self._generations:
+            generation.cancel()
+
+    def track(self, generation: Generation) -> None:
+        self._generations.append(generation)
+        if self.disconnected:
+            generation.cancel()
+
+    def close(self) -> None:
+        if self._listener is not None and not self._listener.done():
+            self._listener.cancel()
+
+
+class DisconnectMiddleware:
+    """Pure ASGI: wraps ``receive`` only (nothing per streamed chunk)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        watch = DisconnectWatch(receive)
+        token = _request_watch.set(watch)
+        try:
+            await self.app(scope, watch.receive, send)
+        except ClientDisconnect:
+            # Gone in the middle of sending its body: nobody to answer, nothing went wrong here.
+            log.debug("client disconnected during %s %s", scope.get("method"), scope.get("path"))
+        finally:
+            _request_watch.reset(token)
+            watch.close()

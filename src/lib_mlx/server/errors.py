@@ -30,12 +30,40 @@ def param_of(loc: tuple[Any, ...]) -> str:
     return out
 
 
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "none", "bytes", "dict", "list", "tuple", "any"})
+
+
+def _is_branch_tag(part: Any) -> bool:
+    """pydantic names union branches in the location (``str``, ``list[ContentPart]``,
+    ``NamedToolChoice``, ``literal['auto','none']``, ``function-after[...]``); our field names
+    are lower snake_case, so anything else is a branch tag, not a place in the request."""
+    if not isinstance(part, str):
+        return False
+    return part in _TYPE_TAGS or part[:1].isupper() or any(c in part for c in "[](),'-")
+
+
 def from_validation_error(exc: pydantic.ValidationError) -> InvalidRequestError:
-    first = exc.errors()[0]
-    # Drop pydantic's union/tagged-union branch names from the location.
-    loc = tuple(p for p in first.get("loc", ()) if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+    """The most specific problem, with its place as an OpenAI ``param`` (``messages[0].role``).
+
+    For a union every branch reports; the deepest location is the branch the client meant
+    (``content[0].text`` beats ``content`` being "not a string"). Branches that fail at the
+    same place are joined: ``messages[0].content: Input should be a valid string or a valid
+    list``."""
+    errors = exc.errors(include_url=False)
+    if not errors:
+        return InvalidRequestError("invalid request")
+    located = [(tuple(p for p in e.get("loc", ()) if not _is_branch_tag(p)), e) for e in errors]
+    depth = max(len(loc) for loc, _ in located)
+    loc = next(loc for loc, _ in located if len(loc) == depth)
+    messages: list[str] = []
+    for other, error in located:
+        msg = str(error.get("msg") or "invalid value").removeprefix("Value error, ")
+        if other == loc and msg not in messages:
+            messages.append(msg)
+    message = messages[0] + "".join(
+        " or " + m.removeprefix("Input should be ") for m in messages[1:3]
+    )
     param = param_of(loc) or None
-    message = first.get("msg", "invalid request")
     return InvalidRequestError(f"{param}: {message}" if param else message, param=param)
 
 

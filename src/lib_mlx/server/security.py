@@ -2,20 +2,23 @@
 
 A localhost port is reachable by every process on the device and, through DNS rebinding, by web
 pages; so every ``/v1/*`` request must carry the server's token, and every request must name the
-bound address or ``localhost`` in its ``Host`` header. Pure ASGI (no per-chunk overhead on
-streams).
+bound address or ``localhost`` in its ``Host`` header. A server bound to every interface
+(``0.0.0.0``/``::``) also accepts any IP address as ``Host``: a rebinding page always sends the
+DNS name it was loaded from, never a bare address. Request bodies are capped at
+``max_body_bytes`` (``BodyLimitMiddleware``). Pure ASGI (no per-chunk overhead on streams).
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import Iterable
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import AuthenticationError, ForbiddenError, LibMlxError
+from ..errors import AuthenticationError, ForbiddenError, LibMlxError, PayloadTooLargeError
 
 
 def allowed_hosts(bound_host: str, port: int) -> frozenset[str]:
@@ -29,12 +32,72 @@ def allowed_hosts(bound_host: str, port: int) -> frozenset[str]:
     return frozenset(h.lower() for h in out)
 
 
+_WILDCARDS = frozenset({"0.0.0.0", "::", "[::]"})
+
+
+def _is_ip_address(host: str) -> bool:
+    """Whether a Host header value names a bare IP address (with or without a port)."""
+    if host.startswith("["):
+        name = host[1 : host.find("]")] if "]" in host else ""
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _refuse(error: LibMlxError) -> JSONResponse:
+    return JSONResponse(error.to_openai(), status_code=error.status, headers=error.headers or None)
+
+
+def body_too_large(limit: int) -> PayloadTooLargeError:
+    # Connection: close -- the client may still be sending a body we will not read.
+    return PayloadTooLargeError(
+        f"request body is larger than the {limit}-byte limit (max_body_bytes)",
+        headers={"Connection": "close"},
+    )
+
+
+class BodyLimitMiddleware:
+    """Caps every request body at ``max_body_bytes`` (413), whatever route or parser reads it:
+    a declared ``Content-Length`` over the cap is refused before any of it is read, and a
+    chunked body is counted as it arrives (the route's read raises ``PayloadTooLargeError``)."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.limit = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "").strip()
+        if declared.isdigit() and int(declared) > self.limit:
+            await _refuse(body_too_large(self.limit))(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise body_too_large(self.limit)
+            return message
+
+        await self.app(scope, counted, send)
+
+
 class AccessMiddleware:
     def __init__(self, app: ASGIApp, *, api_key: str | None, hosts: Iterable[str], public_paths: Iterable[str] = ("/", "/health")) -> None:
         self.app = app
         self.api_key = api_key.encode() if api_key else None
         self.hosts = frozenset(hosts)
         self.public_paths = frozenset(public_paths)
+        self.any_address = bool(self.hosts & _WILDCARDS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,14 +106,13 @@ class AccessMiddleware:
         headers = Headers(scope=scope)
         error = self._check(scope, headers)
         if error is not None:
-            response = JSONResponse(error.to_openai(), status_code=error.status, headers=error.headers or None)
-            await response(scope, receive, send)
+            await _refuse(error)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
     def _check(self, scope: Scope, headers: Headers) -> LibMlxError | None:
         host = headers.get("host", "").lower()
-        if host not in self.hosts:
+        if host not in self.hosts and not (self.any_address and _is_ip_address(host)):
             return ForbiddenError(f"Host header {host!r} is not allowed; use the server's own address or localhost")
         path: str = scope.get("path", "")
         if self.api_key is None or path in self.public_paths or not path.startswith("/v1"):

@@ -1,4 +1,11 @@
-"""Chat Completions request model (pydantic v2): strict types, lenient to unknown fields."""
+"""Chat Completions request model (pydantic v2): strict types, lenient to unknown fields.
+
+Every problem is a 400 naming its ``param`` (``messages[0].role``; see
+``server.errors.from_validation_error``). Limits that need the model are checked later: a
+prompt that fills the context is 400 ``context_length_exceeded``, and ``max_tokens`` (or
+``max_completion_tokens``/``max_output_tokens``) beyond what the context has left after the
+prompt is clamped to that room -- the answer then ends with ``finish_reason: "length"``.
+"""
 
 from __future__ import annotations
 
@@ -98,7 +105,8 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     max_output_tokens: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    # OpenAI's seed is an int64; MLX seeds with a uint64, so negatives wrap (see _seed_bits).
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(default=None, ge=1)
@@ -108,6 +116,8 @@ class ChatCompletionRequest(BaseModel):
     thinking: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     reasoning_effort: str | None = None
+    # Extension (vLLM's name): keep generating through end-of-sequence tokens up to max_tokens.
+    ignore_eos: bool = False
 
     @field_validator("n")
     @classmethod
@@ -115,6 +125,11 @@ class ChatCompletionRequest(BaseModel):
         if n not in (None, 1):
             raise ValueError("only n=1 is supported")
         return n
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_bits(cls, seed: int | None) -> int | None:
+        return None if seed is None else seed % 2**64
 
     @field_validator("stop")
     @classmethod

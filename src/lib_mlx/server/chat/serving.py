@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -9,12 +10,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ...core import ChatPrompt, Generation, SamplingParams
-from ...core.events import Failed
+from ...core.events import Done, Failed
+from ...errors import CancelledError, from_exception
 from .. import sse
 from ..context import ServerContext
+from ..media import decode_prompt_media
+from ..multipart import read_payload
 from ..streaming import Keepalive, collect, events_with_keepalive
 from .encoder import ChatChunkEncoder, completion_body
 from .protocol import ChatCompletionRequest
+
+log = logging.getLogger("lib_mlx.server")
+
+STOPPED = "the generation was cancelled: the server is stopping or the model is unloading"
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -44,14 +52,17 @@ def to_sampling(req: ChatCompletionRequest) -> SamplingParams:
         min_p=req.min_p,
         seed=req.seed,
         stop=req.stop_list(),
+        ignore_eos=req.ignore_eos,
     )
 
 
 async def create_chat_completion(request: Request) -> Response:
     ctx: ServerContext = request.app.state.ctx
-    req = ctx.parse(ChatCompletionRequest, await ctx.read_json(request))
+    req = ctx.parse(ChatCompletionRequest, await read_payload(ctx, request))
     ctx.check_model(req.model)
-    rendered = await ctx.render(to_chat_prompt(req))
+    prompt = to_chat_prompt(req)
+    await decode_prompt_media(ctx, prompt)
+    rendered = await ctx.render(prompt)
     ctx.check_context(rendered)
     generation = ctx.submit(rendered, to_sampling(req))
     model = req.model or ctx.model_id
@@ -62,19 +73,30 @@ async def create_chat_completion(request: Request) -> Response:
             stream_chat(ctx, generation, encoder), media_type="text/event-stream", headers=SSE_HEADERS
         )
     result = await collect(ctx, generation)
+    if result.done is not None and result.done.finish_reason == "cancelled":
+        raise CancelledError(STOPPED)
     return JSONResponse(completion_body(model, result))
 
 
 async def stream_chat(ctx: ServerContext, generation: Generation, encoder: ChatChunkEncoder) -> AsyncIterator[bytes]:
     for chunk in encoder.start():
         yield sse.frame(chunk)
-    async for event in events_with_keepalive(ctx, generation):
-        if isinstance(event, Keepalive):
-            yield sse.KEEPALIVE
-        elif isinstance(event, Failed):
-            yield sse.frame(event.error.to_openai())  # type: ignore[attr-defined]
-            break
-        else:
-            for chunk in encoder.encode(event):
-                yield sse.frame(chunk)
+    try:
+        async for event in events_with_keepalive(ctx, generation):
+            if isinstance(event, Keepalive):
+                yield sse.KEEPALIVE
+            elif isinstance(event, Failed):
+                yield sse.frame(event.error.to_openai())  # type: ignore[attr-defined]
+                break
+            elif isinstance(event, Done) and event.finish_reason == "cancelled":
+                # Only a client that is still listening sees this: the server is stopping or
+                # the model unloading. Say so rather than pass a cut answer off as finished.
+                yield sse.frame(CancelledError(STOPPED).to_openai())
+                break
+            else:
+                for chunk in encoder.encode(event):
+                    yield sse.frame(chunk)
+    except Exception as exc:  # noqa: BLE001 - a bug here must still end the stream properly
+        log.exception("chat stream failed")
+        yield sse.frame(from_exception(exc).to_openai())
     yield sse.DONE
