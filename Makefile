@@ -17,6 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/lib-mlx demo
 
 test: $(STAMP)
+	scripts/install-browser.sh $(PY)
 	$(PY) -m pytest
 
 bench: $(STAMP)

@@ -49,6 +49,9 @@ class MlxServerConfig:
     auth: Literal["bearer", "none"] = "bearer"
     allowed_origins: tuple[str, ...] = ()
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # One medium (a decoded image/audio payload, or a multipart file part); never above
+    # max_body_bytes.
+    max_media_part_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     allow_remote_media: bool = False
     chat_page: bool = True
 

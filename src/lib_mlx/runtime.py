@@ -97,6 +97,9 @@ class LibMlxRuntime:
                 "server": server_body,
                 "in_flight": entry.core.engine.in_flight,
                 "memory": memory_info().to_dict(),
+                # Vision/audio towers: which are resident and the bytes they take (null for a
+                # text-only model).
+                "multimodal": loaded.vlm.status() if getattr(loaded, "vlm", None) is not None else None,
             }
 
     def unload_model(self, handle: int) -> None:

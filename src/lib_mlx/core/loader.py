@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 from ..config import MlxModelConfig
 from ..errors import ModelLoadError, ModelNotFoundError
 from .parsers import ParserSpec, parser_spec_from_tokenizer
+
+log = logging.getLogger("lib_mlx.loader")
 
 _DEFAULT_CONTEXT = 4096
 
@@ -28,6 +31,14 @@ class LoadedModel:
     parser_spec: ParserSpec
     generation_defaults: dict[str, Any] = field(default_factory=dict)
     thinking_enabled: bool = True
+    # A model with vision/audio towers: the ``core.vlm.VlmModel`` (``model`` is then its
+    # mlx-lm-shaped language half and ``tokenizer`` its mlx-lm tokenizer).
+    vlm: Any = None
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """Media this model accepts: a subset of {"image", "audio"}."""
+        return self.vlm.capabilities if self.vlm is not None else frozenset()
 
     @property
     def model_type(self) -> str:
@@ -95,10 +106,11 @@ def _generation_defaults(path: Path) -> dict[str, Any]:
 def load(config: MlxModelConfig) -> LoadedModel:
     """Load the model and tokenizer with mlx-lm (the path a user's own model takes)."""
     path = resolve_model_path(config)
+    vlm = _load_multimodal(path, config)
     try:
         import mlx_lm
 
-        model, tokenizer = mlx_lm.load(str(path))
+        model, tokenizer = (vlm.language, vlm.tokenizer) if vlm is not None else mlx_lm.load(str(path))
     except ModelNotFoundError:
         raise
     except Exception as exc:
@@ -114,4 +126,22 @@ def load(config: MlxModelConfig) -> LoadedModel:
         parser_spec=parser_spec_from_tokenizer(tokenizer),
         generation_defaults=_generation_defaults(path),
         thinking_enabled=config.thinking_enabled,
+        vlm=vlm,
     )
+
+
+def _load_multimodal(path: Path, config: MlxModelConfig) -> Any:
+    """A ``VlmModel`` for a directory with vision/audio towers (through mlx-vlm), else None.
+    Without mlx-vlm installed such a model loads text-only through mlx-lm."""
+    from .vlm import is_multimodal_model_dir
+
+    if not is_multimodal_model_dir(path):
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("mlx_vlm") is None:
+        log.warning("%s has vision/audio towers but mlx-vlm is not installed: loading it text-only", path.name)
+        return None
+    from .vlm import load_vlm
+
+    return load_vlm(path, lazy_encoders=config.lazy_encoders)
