@@ -96,6 +96,8 @@ def normalize_messages(messages: list[dict[str, Any]], loaded: LoadedModel) -> l
     loop now in progress -- keeps its reasoning as ``reasoning_content`` (the field, or the
     inline block moved out of ``content``), and the template decides: Qwen3 and Gemma 4 render
     it back so that the model continues its own thought."""
+    from .parsers import split_reasoning
+
     last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
     out: list[dict[str, Any]] = []
     for i, message in enumerate(messages):
@@ -103,7 +105,7 @@ def normalize_messages(messages: list[dict[str, Any]], loaded: LoadedModel) -> l
         msg: dict[str, Any] = {"role": "system" if role == "developer" else role}
         content = _content_of(message.get("content")) if role == "user" else _text_of(message.get("content"))
         if role == "assistant":
-            content, inline = _split_reasoning(content, loaded)
+            content, inline = split_reasoning(content, loaded.parser_spec)
             reasoning = message.get("reasoning_content") or message.get("reasoning") or inline
             if i > last_user and reasoning:
                 msg["reasoning_content"] = reasoning
@@ -117,22 +119,6 @@ def normalize_messages(messages: list[dict[str, Any]], loaded: LoadedModel) -> l
         msg["content"] = content
         out.append(msg)
     return out
-
-
-def _split_reasoning(text: str, loaded: LoadedModel) -> tuple[str, str]:
-    """(content without inline reasoning blocks, their reasoning text); tool-call text stays."""
-    from .parsers import ParsedOutput, StreamParser, detect_family, get_family
-
-    spec = loaded.parser_spec
-    family = get_family(detect_family(spec) if spec.family == "auto" else spec.family)
-    start, end = family.markers(spec)[:2]
-    if not text or not start or (start not in text and end not in text):
-        return text, ""
-    # An end marker before any start marker: the template opened the block in the prompt.
-    opened = end in text and (start not in text or text.index(end) < text.index(start))
-    parser = StreamParser(spec, family, starts_in_reasoning=opened, parse_tools=False)
-    parsed = ParsedOutput().add(parser.feed(text)).add(parser.finish())
-    return parsed.content, parsed.reasoning
 
 
 def resolve_thinking(loaded: LoadedModel, requested: bool | None) -> bool:

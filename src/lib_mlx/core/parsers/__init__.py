@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from .base import CallBlock, Family, ParserSpec, StreamParser
 from .registry import detect_family, get_family, make_parser, parser_spec_from_tokenizer, register_family
-from .text import ParsedOutput, parse_text, strip_reasoning
+from .text import ParsedOutput, parse_text, split_reasoning, strip_reasoning
 
 __all__ = [
     "CallBlock",
@@ -35,5 +35,6 @@ __all__ = [
     "parse_text",
     "parser_spec_from_tokenizer",
     "register_family",
+    "split_reasoning",
     "strip_reasoning",
 ]

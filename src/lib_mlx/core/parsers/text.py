@@ -37,15 +37,21 @@ def parse_text(
     return ParsedOutput().add(parser.feed(text)).add(parser.finish())
 
 
-def strip_reasoning(text: str, spec: ParserSpec) -> str:
-    """A prior assistant turn's content without its inline reasoning blocks (the answer as the
-    client saw it). A block the template opened in the prompt — an end marker with no start
-    marker before it — is removed too, and so is an unterminated block. Tool-call text is
-    left as it is."""
+def split_reasoning(text: str, spec: ParserSpec) -> tuple[str, str]:
+    """A prior assistant turn's content split into (the answer as the client saw it, its inline
+    reasoning). A block the template opened in the prompt — an end marker with no start marker
+    before it — counts too, and so does an unterminated block. Tool-call text is left as it
+    is."""
     family = get_family(detect_family(spec) if spec.family == "auto" else spec.family)
     start, end = family.markers(spec)[:2]
-    if not start or (start not in text and end not in text):
-        return text
+    if not text or not start or (start not in text and end not in text):
+        return text, ""
     opened = end in text and (start not in text or text.index(end) < text.index(start))
     parser = StreamParser(spec, family, starts_in_reasoning=opened, parse_tools=False)
-    return ParsedOutput().add(parser.feed(text)).add(parser.finish()).content
+    parsed = ParsedOutput().add(parser.feed(text)).add(parser.finish())
+    return parsed.content, parsed.reasoning
+
+
+def strip_reasoning(text: str, spec: ParserSpec) -> str:
+    """A prior assistant turn's content without its inline reasoning blocks."""
+    return split_reasoning(text, spec)[0]
