@@ -118,7 +118,19 @@ def normalize_messages(messages: list[dict[str, Any]], loaded: LoadedModel) -> l
                 msg["name"] = message["name"]
         msg["content"] = content
         out.append(msg)
+    if loaded.parser_spec.tool_parser == "gemma4":
+        _drop_preamble_before_tool_results(out)
     return out
+
+
+def _drop_preamble_before_tool_results(messages: list[dict[str, Any]]) -> None:
+    """Gemma 4's template prints an assistant message's ``content`` *after* its tool results and
+    then closes the turn, so a call that came with a text preamble ("Let me check.") would leave
+    the prompt without a place for the model to answer the results. The preamble was already
+    shown to the user; drop it from calls whose results follow."""
+    for msg, following in zip(messages, messages[1:]):
+        if msg["role"] == "assistant" and msg.get("tool_calls") and following["role"] == "tool":
+            msg["content"] = ""
 
 
 def resolve_thinking(loaded: LoadedModel, requested: bool | None) -> bool:
