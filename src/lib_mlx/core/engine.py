@@ -3,13 +3,26 @@
 Requests arrive as plain values (``Job``); events leave as plain dataclasses through a
 ``Generation`` handle, delivered to the submitter's asyncio loop with one thread hop per token
 (``call_soon_threadsafe``), or to a plain queue for synchronous callers.
+
+Two ways to run a request, chosen per request:
+
+- one at a time through ``mlx_lm.generate_step`` (``queue_limit`` 1, a model whose caches
+  cannot be batched, a prompt with media): the raw single-stream speed;
+- continuous batching through mlx-lm's ``BatchGenerator`` (``queue_limit`` > 1): concurrent
+  requests decode together, each with its own sampler, stop rules, cancellation and events
+  (``batching.BatchRunner``).
+
+Both reuse the KV cache of earlier prompts (``prompt_cache.PromptCache``) and report the
+reused count as ``Usage.cached_tokens``; ``decode.RequestStream`` turns tokens into events.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
+import os
 import queue
 import threading
 import time
@@ -18,11 +31,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CancelledError, GenerationError, LibMlxError, OutOfMemoryError, QueueFullError
-from .events import Done, Event, Failed, Timings, ToolCallEnd, Usage
+from .decode import RequestStream, make_request_sampler, with_prefix
+from .events import Done, Event, Failed, Usage
 from .loader import LoadedModel
-from .parsers import make_parser
 from .prompt import RenderedPrompt
-from .stops import StopMatcher
+from .prompt_cache import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_ENTRIES,
+    PromptCache,
+    generation_prompt_tails,
+    history_end,
+    needs_checkpoints,
+)
+from .vlm import prompt_inputs
 
 log = logging.getLogger("lib_mlx.engine")
 
@@ -36,34 +57,53 @@ class SamplingParams:
     min_p: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
-    # Test and extension seam: mlx-lm logits processors ``(tokens, logits) -> logits``.
+    # Keep generating through end-of-sequence tokens until ``max_tokens`` (benchmarks).
+    ignore_eos: bool = False
+    # Test and extension seam: mlx-lm logits processors ``(tokens, logits) -> logits``; they
+    # see the whole prompt and the output so far, cached prefix included.
     logits_processors: tuple[Callable[..., Any], ...] = ()
 
 
 class Generation:
-    """One request's stream of events. Iterate it (async or sync); ``cancel()`` from anywhere."""
+    """One request's stream of events. Iterate it (async or sync); ``cancel()`` from anywhere.
+
+    For an asyncio consumer the worker appends each token's events to an inbox and wakes the
+    consumer's loop with ``call_soon_threadsafe`` only when no wake-up is pending already, so a
+    consumer that falls behind drains several tokens per wake-up; waiting costs one future (no
+    task per token, as ``asyncio.wait_for`` would make)."""
 
     _ids = itertools.count(1)
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self.id = next(self._ids)
         self._loop = loop
-        self._async_queue: asyncio.Queue[list[Event]] | None = asyncio.Queue() if loop else None
+        self._inbox: collections.deque[list[Event]] = collections.deque()
+        self._wake_pending = False
+        self._waiter: asyncio.Future[None] | None = None
         self._sync_queue: queue.Queue[list[Event]] | None = None if loop else queue.Queue()
         self._cancelled = threading.Event()
         self.finished = threading.Event()
 
     # worker side -----------------------------------------------------------------------
     def _deliver(self, events: list[Event]) -> None:
-        if self._async_queue is not None:
-            assert self._loop is not None
-            try:
-                self._loop.call_soon_threadsafe(self._async_queue.put_nowait, events)
-            except RuntimeError:  # the consumer's loop is gone: nobody listens any more
-                self._cancelled.set()
-        else:
-            assert self._sync_queue is not None
+        if self._sync_queue is not None:
             self._sync_queue.put(events)
+            return
+        self._inbox.append(events)
+        if self._wake_pending:
+            return
+        self._wake_pending = True
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(self._wake)
+        except RuntimeError:  # the consumer's loop is gone: nobody listens any more
+            self._cancelled.set()
+
+    def _wake(self) -> None:  # on the consumer's loop
+        self._wake_pending = False  # before the consumer drains: later events schedule anew
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # consumer side ---------------------------------------------------------------------
     def cancel(self) -> None:
@@ -76,10 +116,23 @@ class Generation:
     async def next_batch(self, timeout: float | None = None) -> list[Event]:
         """The next events (one token's worth or more); raises ``TimeoutError`` after
         ``timeout`` seconds without any (so the caller can send a keepalive)."""
-        assert self._async_queue is not None, "created for synchronous use"
-        if timeout is None:
-            return await self._async_queue.get()
-        return await asyncio.wait_for(self._async_queue.get(), timeout)
+        assert self._sync_queue is None, "created for synchronous use"
+        inbox = self._inbox
+        while not inbox:
+            loop = self._loop
+            assert loop is not None
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+        events = inbox.popleft()
+        while inbox:
+            events = events + inbox.popleft()
+        return events
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         while True:
@@ -97,6 +150,11 @@ class Generation:
                     return
 
 
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 @dataclass
 class Job:
     prompt: RenderedPrompt
@@ -106,15 +164,34 @@ class Job:
 
 
 class Engine:
-    """Owns the model's MLX work on a single worker thread, with a bounded queue."""
+    """Owns the model's MLX work on a single worker thread, with a bounded queue.
 
-    def __init__(self, loaded: LoadedModel, queue_limit: int = 1) -> None:
+    ``prompt_cache_bytes`` bounds the KV caches kept for reuse (0 turns reuse off; default:
+    the ``LIB_MLX_PROMPT_CACHE_BYTES`` environment variable, else 1 GiB);
+    ``engine.prompt_cache`` is the live store (``stats``, ``clear()``).
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        queue_limit: int = 1,
+        *,
+        prompt_cache_bytes: int | None = None,
+        prompt_cache_entries: int = DEFAULT_MAX_ENTRIES,
+    ) -> None:
         self.loaded = loaded
         self.queue_limit = queue_limit
+        if prompt_cache_bytes is None:
+            prompt_cache_bytes = _env_int("LIB_MLX_PROMPT_CACHE_BYTES", DEFAULT_MAX_BYTES)
+        self.prompt_cache = PromptCache(prompt_cache_bytes, prompt_cache_entries)
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
         self._active: set[Generation] = set()
         self._closed = False
+        self._model_batchable: bool | None = None
+        self._checkpoints: bool | None = None
+        self._tails: list[tuple[int, ...]] = []
+        _materialize(loaded.model)
         self._thread = threading.Thread(target=self._run, name=f"lib_mlx-engine-{loaded.model_id}", daemon=True)
         self._thread.start()
 
@@ -156,114 +233,195 @@ class Engine:
 
     # worker ----------------------------------------------------------------------------
     def _run(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            try:
-                if job.generation.cancelled:
-                    job.generation._deliver([Done("cancelled", Usage(len(job.prompt.tokens)))])
+        from .batching import BatchRunner
+
+        backlog: collections.deque[Job | None] = collections.deque()
+        # On Apple silicon keep the model wired in memory while this worker lives, as
+        # mlx_lm.stream_generate does around each generation (no-op elsewhere).
+        old_wired_limit = _wire_model()
+        try:
+            while True:
+                job = backlog.popleft() if backlog else self._jobs.get()
+                if job is None:
+                    return
+                if self._batching(job):
+                    backlog.extend(BatchRunner(self).run(job))
                 else:
-                    self._generate(job)
-            except BaseException as exc:  # noqa: BLE001 - the worker must survive anything
-                job.generation._deliver([Failed(_classify(exc))])
-                log.exception("generation failed")
-            finally:
-                job.generation.finished.set()
-                with self._lock:
-                    self._active.discard(job.generation)
+                    self._run_one(job)
+        finally:
+            self.prompt_cache.clear()  # MLX arrays die on the thread that made them
+            _unwire(old_wired_limit)
+
+    def _batching(self, job: Job) -> bool:
+        """Batch when more than one request may be in flight and both model and prompt allow."""
+        return self.queue_limit > 1 and self._batchable_model() and self.batchable(job)
+
+    def _batchable_model(self) -> bool:
+        if self._model_batchable is None:
+            from mlx_lm.models.cache import make_prompt_cache
+
+            loaded = self.loaded
+            cache = make_prompt_cache(loaded.model)
+            self._model_batchable = loaded.vlm is None and bool(cache) and all(hasattr(c, "merge") for c in cache)
+        return self._model_batchable
+
+    @staticmethod
+    def batchable(job: Job) -> bool:
+        return not getattr(job.prompt, "media", None)
+
+    def checkpoint_at(self, tokens: list[int], reused: int) -> int | None:
+        """Where to keep a checkpoint of this prompt's cache, if anywhere: at the end of the
+        conversation, before the assistant's opening (``prompt_cache.history_end``), for models
+        whose caches cannot be trimmed back there once generation has run
+        (``prompt_cache.needs_checkpoints``); trimmable caches get the same from the final entry."""
+        if not self.prompt_cache.enabled:
+            return None
+        if self._checkpoints is None:
+            from mlx_lm.models.cache import make_prompt_cache
+
+            self._checkpoints = needs_checkpoints(make_prompt_cache(self.loaded.model))
+            self._tails = generation_prompt_tails(self.loaded.tokenizer)
+        if not self._checkpoints:
+            return None
+        at = history_end(tokens, self._tails)
+        return at if at > reused else None
+
+    def sampler(self, params: SamplingParams) -> Callable[..., Any]:
+        loaded = self.loaded
+        return make_request_sampler(params, loaded.generation_defaults, adjust_top_k=lambda k: _top_k(loaded, k))
+
+    def finish_job(self, job: Job) -> None:
+        """Free the request's queue slot (idempotent); done before its last event goes out."""
+        job.generation.finished.set()
+        with self._lock:
+            self._active.discard(job.generation)
+
+    def _run_one(self, job: Job) -> None:
+        try:
+            if job.generation.cancelled:
+                self.finish_job(job)
+                job.generation._deliver([Done("cancelled", Usage(len(job.prompt.tokens)))])
+            else:
+                self._generate(job)
+        except BaseException as exc:  # noqa: BLE001 - the worker must survive anything
+            self.finish_job(job)
+            job.generation._deliver([Failed(_classify(exc))])
+            log.exception("generation failed")
+            _recover_after_failure()
+        finally:
+            self.finish_job(job)
 
     def _generate(self, job: Job) -> None:
+        """One request alone, through ``mlx_lm.generate_step``."""
         import mlx.core as mx
         from mlx_lm.generate import generate_step
         from mlx_lm.models.cache import make_prompt_cache
-        from mlx_lm.sample_utils import make_sampler
 
-        loaded, prompt, params, gen = self.loaded, job.prompt, job.params, job.generation
-        tokenizer = loaded.tokenizer
-        n_prompt = len(prompt.tokens)
-        max_tokens = max_new_tokens(loaded, n_prompt, params.max_tokens)
+        loaded, params = self.loaded, job.params
+        inputs = prompt_inputs(loaded, job.prompt)
+        tokens = inputs.tokens
+        n_prompt = len(tokens)
+        store = self.prompt_cache if (inputs.cacheable and self.prompt_cache.enabled) else None
+        hit = store.fetch(tokens) if store is not None else None
+        cache = hit.cache if hit is not None else make_prompt_cache(loaded.model)
+        reused = hit.reused if hit is not None else 0
+        stream = RequestStream(job, loaded, n_prompt=n_prompt, cached_tokens=reused, release=self.finish_job)
 
-        defaults = loaded.generation_defaults
-        temperature = params.temperature if params.temperature is not None else defaults.get("temperature", 1.0)
-        sampler = make_sampler(
-            temp=float(temperature),
-            top_p=float(params.top_p if params.top_p is not None else defaults.get("top_p", 0.0) or 0.0),
-            top_k=int(params.top_k if params.top_k is not None else defaults.get("top_k", 0) or 0),
-            min_p=float(params.min_p if params.min_p is not None else defaults.get("min_p", 0.0) or 0.0),
-        )
-        if params.seed is not None:
-            mx.random.seed(params.seed)
+        start = reused  # generate_step gets tokens[start:] with the cache holding the rest
+        if store is not None and (at := self.checkpoint_at(tokens, reused)) is not None:
+            _prefill(loaded.model, tokens[reused:at], cache)
+            store.insert(tokens[:at], cache, snapshot=True)
+            start = at
 
-        parser = make_parser(loaded.parser_spec, tools=prompt.tools, starts_in_reasoning=prompt.starts_in_reasoning)
-        stops = StopMatcher(params.stop)
-        detokenizer = tokenizer.detokenizer
-        eos = tokenizer.eos_token_ids
-
-        pending: list[Event] = []
-        if prompt.assistant_prefix:
-            pending.extend(parser.feed(prompt.assistant_prefix))
-
-        n_generated = reasoning_tokens = 0
-        finish_reason = "length"
-        calls = 0
-        t_start = time.perf_counter()
-        t_first = t_start
         steps = generate_step(
-            mx.array(prompt.tokens),
+            mx.array(tokens[start:]),
             loaded.model,
-            max_tokens=max_tokens,
-            sampler=sampler,
-            logits_processors=list(params.logits_processors) or None,
-            prompt_cache=make_prompt_cache(loaded.model),
+            max_tokens=max_new_tokens(loaded, n_prompt, params.max_tokens),
+            sampler=self.sampler(params),
+            logits_processors=with_prefix(params.logits_processors, tokens[:start]),
+            prompt_cache=cache,
+            **inputs.step_kwargs,
         )
+        fed: list[int] = []  # every token the model has taken in after the prompt
+        reason = "length"
         try:
+            add = stream.add
             for token, _ in steps:
-                if n_generated == 0:
-                    t_first = time.perf_counter()
-                if gen.cancelled:
-                    finish_reason = "cancelled"
-                    break
-                if token in eos:
-                    finish_reason = "stop"
-                    break
-                n_generated += 1
-                detokenizer.add_token(token)
-                events = parser.feed(detokenizer.last_segment)
-                if parser.in_reasoning:
-                    reasoning_tokens += 1
-                events, stopped = stops.apply(events)
-                pending.extend(events)
-                if pending:
-                    calls += sum(isinstance(e, ToolCallEnd) for e in pending)
-                    gen._deliver(pending)
-                    pending = []
-                if stopped:
-                    finish_reason = "stop"
+                fed.append(token)
+                finished = add(token)
+                if finished is not None:
+                    reason = finished
                     break
         finally:
             steps.close()
-        if finish_reason != "cancelled":
-            detokenizer.finalize()
-            tail = parser.feed(detokenizer.last_segment) if detokenizer.last_segment else []
-            tail += parser.finish()
-            tail, _ = stops.apply(tail, final=True)
-            pending.extend(tail)
-            calls += sum(isinstance(e, ToolCallEnd) for e in tail)
-            if calls and finish_reason == "stop":
-                finish_reason = "tool_calls"
-        t_end = time.perf_counter()
-        prompt_s = t_first - t_start
-        decode_s = t_end - t_first
-        timings = Timings(
-            prompt_seconds=prompt_s,
-            decode_seconds=decode_s,
-            prompt_tps=n_prompt / prompt_s if prompt_s > 0 else 0.0,
-            decode_tps=(n_generated - 1) / decode_s if decode_s > 0 and n_generated > 1 else 0.0,
-        )
-        usage = Usage(prompt_tokens=n_prompt, completion_tokens=n_generated, reasoning_tokens=reasoning_tokens)
-        pending.append(Done(finish_reason, usage, timings))
-        gen._deliver(pending)
+        stream.finish(reason)
+        if store is not None:
+            store.insert(tokens + fed, cache)
+
+
+def _wire_model() -> int | None:
+    try:
+        from mlx_lm.utils import maybe_set_recommended_wired_limit
+
+        return maybe_set_recommended_wired_limit()
+    except Exception:  # noqa: BLE001 - a tuning knob, never a reason to fail
+        return None
+
+
+def _unwire(old_limit: int | None) -> None:
+    if old_limit is None:
+        return
+    try:
+        import mlx.core as mx
+
+        mx.synchronize()
+        mx.set_wired_limit(old_limit)
+    except Exception:  # noqa: BLE001
+        log.debug("could not restore the wired limit", exc_info=True)
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    try:
+        return int(value) if value else default
+    except ValueError:
+        log.warning("ignoring %s=%r: not an integer", name, value)
+        return default
+
+
+def _prefill(model: Any, tokens: list[int], cache: list[Any], step: int = 2048) -> None:
+    """Run ``tokens`` into ``cache`` as ``generate_step``'s own prefill does (same stream,
+    same chunking)."""
+    import mlx.core as mx
+    from mlx_lm.generate import generation_stream
+
+    with mx.stream(generation_stream):
+        for start in range(0, len(tokens), step):
+            model(mx.array(tokens[start : start + step])[None], cache=cache)
+            mx.eval([c.state for c in cache])
+    mx.clear_cache()
+
+
+def _materialize(model: Any) -> None:
+    """Evaluate the model's private arrays (RoPE frequency tables and the like) on this thread.
+
+    ``mlx_lm.load`` evaluates the parameters only; an attribute such as ``_freqs`` (Gemma 4's
+    proportional RoPE, Llama 3's scaled RoPE) stays a lazy graph bound to the loading thread's
+    stream, and evaluating it first on the worker thread fails with "There is no Stream(cpu, 0)
+    in current thread". The engine is built on the loading thread, so do it here."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    if not hasattr(model, "modules"):
+        return
+    arrays = [
+        value
+        for module in model.modules()
+        for _, value in tree_flatten({k: v for k, v in module.items() if k.startswith("_")})
+        if isinstance(value, mx.array)
+    ]
+    if arrays:
+        mx.eval(arrays)
 
 
 def max_new_tokens(loaded: LoadedModel, n_prompt: int, requested: int | None) -> int:
@@ -272,15 +430,59 @@ def max_new_tokens(loaded: LoadedModel, n_prompt: int, requested: int | None) ->
     return room if requested is None else max(1, min(requested, room))
 
 
+def _top_k(loaded: LoadedModel, top_k: int) -> int:
+    """mlx-lm refuses a ``top_k`` that is not below the vocabulary size (a ValueError inside the
+    compiled sampler); keeping every token is no top-k at all."""
+    config = loaded.config or {}
+    vocab = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size") or 0
+    top_k = int(top_k)
+    return 0 if isinstance(vocab, int) and 0 < vocab <= top_k else top_k
+
+
+# MLX has no exception type for a failed allocation: its allocators throw std::runtime_error
+# (RuntimeError here) -- "[malloc] Unable to allocate N bytes.", "[metal::malloc] Attempting to
+# allocate N bytes which is greater than the maximum allowed buffer size", CUDA's "out of
+# memory" -- so the message is the only signal there is. (On the Linux CPU backend of MLX 0.32
+# a failed allocation is not reported at all: the process segfaults in the kernel that writes
+# to the buffer. Nothing in Python can catch that.)
+_OOM_MARKERS = ("[malloc]", "::malloc]", "unable to allocate", "attempting to allocate", "out of memory", "outofmemory")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(marker in text for marker in _OOM_MARKERS)
+
+
 def _classify(exc: BaseException) -> LibMlxError:
     if isinstance(exc, LibMlxError):
         return exc
-    text = str(exc).lower()
-    # MLX raises allocation failures as a bare RuntimeError from its allocator (no dedicated
-    # type exists), so its message is the only signal there is.
-    if isinstance(exc, MemoryError) or ("memory" in text and ("alloc" in text or "out of" in text)):
+    if _is_out_of_memory(exc):
         return OutOfMemoryError(f"the model ran out of memory: {exc}")
     return GenerationError(f"generation failed: {type(exc).__name__}: {exc}")
+
+
+def _recover_after_failure() -> None:
+    """Leave MLX usable for the next request after one failed.
+
+    mlx-lm's samplers are ``mx.compile``d over ``mx.random.state``; an exception thrown while one
+    is traced leaves that global state holding a placeholder array, and every later sampled
+    generation fails ("[eval] Attempting to eval an array without a primitive") -- a dead
+    worker behind a live socket. Reseed it. Then hand the buffer cache back, so that the next
+    request after an out-of-memory error can allocate."""
+    import os
+
+    import mlx.core as mx
+
+    try:
+        try:
+            mx.eval(mx.random.state)
+        except Exception:  # noqa: BLE001 - any failure means the state is unusable
+            mx.random.seed(int.from_bytes(os.urandom(8), "little"))
+        mx.clear_cache()
+    except Exception:  # noqa: BLE001 - recovery must never take the worker down
+        log.exception("could not reset MLX state after a failed generation")
 
 
 __all__ = ["Engine", "Generation", "SamplingParams", "max_new_tokens"]

@@ -1,0 +1,196 @@
+"""Continuous batching of concurrent requests through mlx-lm's ``BatchGenerator``.
+
+The engine hands a ``BatchRunner`` its first batchable request; the runner then admits every
+request that arrives while others are running, steps them together (one forward pass per token
+for the whole batch, prompts prefilled alongside), and returns when none is left. Per request:
+its own sampler and logits processors, its token budget, cancellation checked at every step
+(also during the prompt), its events through its own ``RequestStream``, and its prompt-cache
+hit in and final cache out (plus the prompt-end checkpoint where the model needs one).
+
+A request that cannot join a batch (media in the prompt) ends admission: the running batch
+finishes, and the engine runs that request alone, keeping arrival order.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .decode import RequestStream
+from .events import Done, Failed, Usage
+
+if TYPE_CHECKING:
+    from .engine import Engine, Job
+
+log = logging.getLogger("lib_mlx.engine")
+
+PREFILL_STEP = 2048
+MAX_PREFILL_BATCH = 8
+
+
+@dataclass
+class _Sequence:
+    job: "Job"
+    stream: RequestStream
+    checkpoint: bool  # keep a checkpoint when its first prompt segment is done
+
+
+class BatchRunner:
+    """One run of continuous batching, from a first request until the batch is empty."""
+
+    def __init__(self, engine: "Engine") -> None:
+        self.engine = engine
+        self.loaded = engine.loaded
+        self.store = engine.prompt_cache
+        self.active: dict[int, _Sequence] = {}
+        self.leftovers: list["Job | None"] = []
+        self.generator: Any = None
+
+    def run(self, first: "Job") -> list["Job | None"]:
+        """Serve ``first`` and everything batchable that arrives meanwhile. Returns the queued
+        items this run did not take (a request to run alone, the engine's stop marker)."""
+        from mlx_lm.generate import BatchGenerator
+
+        from .engine import _classify, _recover_after_failure
+
+        limit = max(self.engine.queue_limit, 1)
+        self.generator = BatchGenerator(
+            self.loaded.model,
+            completion_batch_size=limit,
+            prefill_batch_size=min(limit, MAX_PREFILL_BATCH),
+            prefill_step_size=PREFILL_STEP,
+        )
+        try:
+            self._admit(first)
+            while True:
+                self._admit_waiting()
+                self._drop_cancelled()
+                if not self.active:
+                    break
+                prompt_responses, responses = self.generator.next()
+                for r in prompt_responses:
+                    if r.end_of_segment and not r.end_of_prompt:
+                        self._checkpoint(r.uid)
+                if responses:
+                    self._tokens(responses)
+        except BaseException as exc:  # noqa: BLE001 - fail the batch, keep the worker
+            log.exception("batched generation failed")
+            error = _classify(exc)
+            for seq in self.active.values():
+                self.engine.finish_job(seq.job)
+                seq.job.generation._deliver([Failed(error)])
+            self.active.clear()
+            _recover_after_failure()
+        finally:
+            self.generator.close()
+            self.generator = None
+        return self.leftovers
+
+    # admission ------------------------------------------------------------------------
+    def _admit_waiting(self) -> None:
+        jobs = self.engine._jobs
+        while not self.leftovers and not jobs.empty():
+            job = jobs.get_nowait()
+            if job is None or not self.engine.batchable(job):
+                self.leftovers.append(job)
+                return
+            self._admit(job)
+
+    def _admit(self, job: "Job") -> None:
+        from .engine import _classify, max_new_tokens
+
+        if job.generation.cancelled:
+            self.engine.finish_job(job)
+            job.generation._deliver([Done("cancelled", Usage(len(job.prompt.tokens)))])
+            return
+        try:
+            loaded, params = self.loaded, job.params
+            tokens = list(job.prompt.tokens)
+            hit = self.store.fetch(tokens) if self.store.enabled else None
+            reused = hit.reused if hit is not None else 0
+            stream = RequestStream(job, loaded, cached_tokens=reused, release=self.engine.finish_job)
+            at = self.engine.checkpoint_at(tokens, reused)
+            segments = [tokens[reused:]] if at is None else [tokens[reused:at], tokens[at:]]
+            (uid,) = self.generator.insert_segments(
+                [segments],
+                max_tokens=[max_new_tokens(loaded, len(tokens), params.max_tokens)],
+                caches=[hit.cache if hit is not None else None],
+                all_tokens=[tokens[:reused]],
+                samplers=[self.engine.sampler(params)],
+                logits_processors=[tuple(params.logits_processors)],
+            )
+        except BaseException as exc:  # noqa: BLE001 - this request fails, the batch goes on
+            log.exception("could not start a batched generation")
+            self.engine.finish_job(job)
+            job.generation._deliver([Failed(_classify(exc))])
+            return
+        self.active[uid] = _Sequence(job, stream, checkpoint=at is not None)
+
+    # per step --------------------------------------------------------------------------
+    def _checkpoint(self, uid: int) -> None:
+        seq = self.active.get(uid)
+        if seq is None or not seq.checkpoint:
+            return
+        seq.checkpoint = False  # the first segment ends at the checkpoint; later ones do not
+        for cache, tokens in self.generator.extract_cache([uid]).values():
+            self.store.insert(list(tokens), cache)
+
+    def _drop_cancelled(self) -> None:
+        gone = [uid for uid, seq in self.active.items() if seq.job.generation._cancelled.is_set()]
+        if gone:
+            self._finish(gone, {uid: "cancelled" for uid in gone})
+
+    def _tokens(self, responses: list[Any]) -> None:
+        ended: dict[int, str] = {}
+        done_by_generator: list[Any] = []
+        active = self.active
+        for r in responses:
+            seq = active.get(r.uid)
+            if seq is None:
+                continue
+            try:
+                reason = seq.stream.add(r.token)
+            except Exception as exc:  # noqa: BLE001 - this request fails, the batch goes on
+                self._fail(r.uid, exc, in_batch=r.finish_reason is None)
+                continue
+            if r.finish_reason is not None:  # its token budget: already out of the batch
+                done_by_generator.append(r)
+                ended[r.uid] = reason or "length"
+            elif reason is not None:
+                ended[r.uid] = reason
+        for r in done_by_generator:
+            self._complete(r.uid, ended.pop(r.uid), r.prompt_cache, r.all_tokens)
+        if ended:
+            self._finish(list(ended), ended)
+
+    def _fail(self, uid: int, exc: Exception, *, in_batch: bool) -> None:
+        from .engine import _classify
+
+        log.exception("a batched generation failed")
+        if in_batch:
+            self.generator.remove([uid])
+        seq = self.active.pop(uid)
+        self.engine.finish_job(seq.job)
+        seq.job.generation._deliver([Failed(_classify(exc))])
+
+    def _finish(self, uids: list[int], reasons: dict[int, str]) -> None:
+        """Take ``uids`` out of the batch (with their caches, for reuse) and end them."""
+        keep = self.store.enabled
+        caches = self.generator.remove(uids, return_prompt_caches=keep)
+        for uid in uids:
+            cache, tokens = caches.get(uid, (None, None))
+            self._complete(uid, reasons[uid], cache, tokens)
+
+    def _complete(self, uid: int, reason: str, cache: Any, tokens: Any) -> None:
+        seq = self.active.pop(uid)
+        try:
+            seq.stream.finish(reason)
+        except Exception as exc:  # noqa: BLE001 - the request fails; the cache is still good
+            from .engine import _classify
+
+            log.exception("a batched generation failed at its end")
+            self.engine.finish_job(seq.job)
+            seq.job.generation._deliver([Failed(_classify(exc))])
+        if cache is not None and tokens is not None and self.store.enabled:
+            self.store.insert(list(tokens), cache)

@@ -1,0 +1,193 @@
+"""One request's way from sampled token ids to events, shared by the single-stream and the
+batched paths: incremental detokenizer, family parser, stop strings, usage, timings.
+
+Everything here runs on the engine's worker thread, once per token, so it stays O(1) a token:
+no re-decoding of the output, one list of events per token handed to ``Generation._deliver``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .events import Done, Event, Timings, ToolCallEnd, Usage
+from .parsers import make_parser
+from .stops import StopMatcher
+
+if TYPE_CHECKING:
+    from .engine import Job
+    from .loader import LoadedModel
+
+
+class RequestStream:
+    """Turns one request's tokens into events and finally ``Done``."""
+
+    def __init__(
+        self,
+        job: "Job",
+        loaded: "LoadedModel",
+        *,
+        n_prompt: int | None = None,
+        cached_tokens: int = 0,
+        release: Callable[["Job"], None] | None = None,
+    ) -> None:
+        prompt, params = job.prompt, job.params
+        self.job = job
+        self.generation = job.generation
+        self.n_prompt = len(prompt.tokens) if n_prompt is None else n_prompt
+        self.cached_tokens = cached_tokens
+        self.release = release
+        self.parser = make_parser(loaded.parser_spec, tools=prompt.tools, starts_in_reasoning=prompt.starts_in_reasoning)
+        self.stops = StopMatcher(params.stop)
+        self.detokenizer = loaded.tokenizer.detokenizer
+        self.eos: frozenset[int] = frozenset() if params.ignore_eos else frozenset(loaded.tokenizer.eos_token_ids)
+        self.n_generated = 0
+        self.reasoning_tokens = 0
+        self.tool_calls = 0
+        self.finish_reason: str | None = None
+        self.pending: list[Event] = self.parser.feed(prompt.assistant_prefix) if prompt.assistant_prefix else []
+        self.t_start = time.perf_counter()
+        self.t_first = self.t_start
+
+    def add(self, token: int) -> str | None:
+        """Take one sampled token; deliver its events. Returns the finish reason when this
+        token ends the request (the token itself is then not part of the answer)."""
+        if self.n_generated == 0:
+            self.t_first = time.perf_counter()
+        gen = self.generation
+        if gen._cancelled.is_set():
+            return "cancelled"
+        if token in self.eos:
+            return "stop"
+        self.n_generated += 1
+        detokenizer = self.detokenizer
+        detokenizer.add_token(token)
+        parser = self.parser
+        events = parser.feed(detokenizer.last_segment)
+        events, stopped = self.stops.apply(events)
+        if self.pending:
+            events = self.pending + events
+            self.pending = []
+        if events:
+            for event in events:
+                if type(event) is ToolCallEnd:
+                    self.tool_calls += 1
+            gen._deliver(events)
+        return "stop" if stopped else None
+
+    def finish(self, reason: str) -> None:
+        """Flush held-back text and deliver ``Done``. The request's queue slot is released
+        first, so that a client may send its next request the moment it sees the end."""
+        pending = self.pending
+        if reason != "cancelled":
+            self.detokenizer.finalize()
+            segment = self.detokenizer.last_segment
+            tail = self.parser.feed(segment, token=False) if segment else []
+            tail += self.parser.finish()
+            tail, _ = self.stops.apply(tail, final=True)
+            self.tool_calls += sum(isinstance(e, ToolCallEnd) for e in tail)
+            pending = pending + tail
+            if self.tool_calls and reason == "stop":
+                reason = "tool_calls"
+        self.finish_reason = reason
+        # The parser's count is exact once it has finished (a marker split over several tokens
+        # is not known to be a marker until its last piece arrives).
+        self.reasoning_tokens = self.parser.reasoning_tokens
+        t_end = time.perf_counter()
+        if self.n_generated == 0:
+            self.t_first = t_end
+        prompt_s = self.t_first - self.t_start
+        decode_s = t_end - self.t_first
+        processed = self.n_prompt - self.cached_tokens
+        timings = Timings(
+            prompt_seconds=prompt_s,
+            decode_seconds=decode_s,
+            prompt_tps=processed / prompt_s if prompt_s > 0 else 0.0,
+            decode_tps=(self.n_generated - 1) / decode_s if decode_s > 0 and self.n_generated > 1 else 0.0,
+        )
+        usage = Usage(
+            prompt_tokens=self.n_prompt,
+            completion_tokens=self.n_generated,
+            reasoning_tokens=self.reasoning_tokens,
+            cached_tokens=self.cached_tokens,
+        )
+        pending.append(Done(reason, usage, timings))
+        if self.release is not None:
+            self.release(self.job)
+        self.generation._deliver(pending)
+
+
+# Samplers without a seed are shared between requests with equal settings, so that a batch of
+# them samples in one call; a seeded request gets its own random key, so that its draws do not
+# depend on what else runs beside it.
+_shared_samplers: dict[tuple[float, float, int, float], Callable[..., Any]] = {}
+
+
+def sampling_settings(params: Any, defaults: dict[str, Any]) -> tuple[float, float, int, float]:
+    def pick(name: str, fallback: float) -> float:
+        value = getattr(params, name)
+        if value is None:
+            value = defaults.get(name, fallback)
+        return value or 0
+
+    return (
+        float(pick("temperature", 1.0)),
+        float(pick("top_p", 0.0)),
+        int(pick("top_k", 0)),
+        float(pick("min_p", 0.0)),
+    )
+
+
+def make_request_sampler(
+    params: Any, defaults: dict[str, Any], *, adjust_top_k: Callable[[int], int] | None = None
+) -> Callable[..., Any]:
+    from mlx_lm.sample_utils import make_sampler
+
+    temp, top_p, top_k, min_p = sampling_settings(params, defaults)
+    if adjust_top_k is not None:
+        top_k = adjust_top_k(top_k)
+    settings = (temp, top_p, top_k, min_p)
+    if params.seed is None or temp == 0:
+        sampler = _shared_samplers.get(settings)
+        if sampler is None:
+            sampler = _shared_samplers[settings] = make_sampler(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p)
+        return sampler
+    return _seeded_sampler(params.seed % (1 << 64), temp, top_p, top_k, min_p)
+
+
+def _seeded_sampler(seed: int, temp: float, top_p: float, top_k: int, min_p: float) -> Callable[..., Any]:
+    import mlx.core as mx
+    from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
+
+    key = mx.random.key(seed)
+
+    def sampler(logprobs: Any) -> Any:
+        nonlocal key
+        if 0 < top_p < 1.0:
+            logprobs = apply_top_p(logprobs, top_p)
+        if min_p:
+            logprobs = apply_min_p(logprobs, min_p)
+        if top_k > 0:
+            logprobs = apply_top_k(logprobs, top_k)
+        key, sub = mx.random.split(key)
+        return mx.random.categorical(logprobs * (1.0 / temp), key=sub)
+
+    return sampler
+
+
+def with_prefix(processors: tuple[Callable[..., Any], ...], prefix: list[int]) -> list[Callable[..., Any]] | None:
+    """Logits processors always see the whole prompt + output, also when a cached prefix was
+    not passed to ``generate_step`` (which shows them only the tokens it was given)."""
+    if not processors:
+        return None
+    if not prefix:
+        return list(processors)
+    import mlx.core as mx
+
+    head = mx.array(prefix)
+
+    def wrap(processor: Callable[..., Any]) -> Callable[..., Any]:
+        return lambda tokens, logits: processor(mx.concatenate([head, tokens.astype(head.dtype)]), logits)
+
+    return [wrap(p) for p in processors]

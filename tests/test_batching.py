@@ -1,0 +1,170 @@
+"""Concurrent requests batched through mlx-lm's BatchGenerator (issue 8): the same answers as
+one at a time, each request with its own sampling, budget, stop strings and cancellation, and
+its own events -- through the engine and through the server."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from lib_mlx.core import ChatPrompt, SamplingParams
+from lib_mlx.core.engine import Engine, Generation
+from lib_mlx.core.events import Done, ReasoningDelta, TextDelta
+from lib_mlx.core.loader import LoadedModel, load
+from lib_mlx.core.prompt import render
+from lib_mlx.config import MlxModelConfig
+from lib_mlx.errors import QueueFullError
+from lib_mlx.tiny_models import TRIGGERS
+
+QUESTIONS = [
+    "What is the weather like in Paris?",
+    "Name three rivers of Europe, please, and tell me which one is longest.",
+    "Hi",
+    "Count from one to ten in French and then in German.",
+]
+
+
+@pytest.fixture(scope="module", params=["qwen3", "gemma4_text"])
+def loaded(request, make_model) -> LoadedModel:
+    kwargs = {"sliding_window": 16, "num_layers": 5} if request.param == "gemma4_text" else {"num_layers": 3}
+    return load(MlxModelConfig(str(make_model(request.param, hidden_size=64, **kwargs))))
+
+
+@pytest.fixture
+def engine(loaded) -> Iterator[Engine]:
+    engine = Engine(loaded, queue_limit=4, prompt_cache_bytes=0)
+    yield engine
+    engine.close()
+
+
+def submit(engine: Engine, loaded: LoadedModel, question: str, **params: Any) -> Generation:
+    rendered = render(loaded, ChatPrompt(messages=[{"role": "user", "content": question}]))
+    return engine.submit(rendered, SamplingParams(**{"temperature": 0.0, "ignore_eos": True, "max_tokens": 12, **params}))
+
+
+def collect(generation: Generation) -> tuple[str, Done]:
+    text = []
+    for event in generation:
+        if isinstance(event, (TextDelta, ReasoningDelta)):
+            text.append(event.text)
+        elif isinstance(event, Done):
+            return "".join(text), event
+    raise AssertionError("no Done")
+
+
+def test_batched_answers_equal_one_at_a_time(loaded, engine) -> None:
+    alone = Engine(loaded, queue_limit=1, prompt_cache_bytes=0)
+    try:
+        expected = [collect(submit(alone, loaded, q, max_tokens=8 + i)) for i, q in enumerate(QUESTIONS)]
+    finally:
+        alone.close()
+    generations = [submit(engine, loaded, q, max_tokens=8 + i) for i, q in enumerate(QUESTIONS)]
+    got = [collect(g) for g in generations]
+    for (text, done), (want, want_done) in zip(got, expected):
+        assert text == want
+        assert done.finish_reason == want_done.finish_reason == "length"
+        assert done.usage.completion_tokens == want_done.usage.completion_tokens
+        assert done.usage.prompt_tokens == want_done.usage.prompt_tokens
+
+
+def test_requests_run_together_not_one_after_another(loaded, engine) -> None:
+    long = submit(engine, loaded, QUESTIONS[0], max_tokens=400)
+    next(iter(long))  # the long one is decoding
+    short = submit(engine, loaded, QUESTIONS[1], max_tokens=3)
+    _, done = collect(short)
+    assert done.usage.completion_tokens == 3
+    assert not long.finished.is_set()  # the short one finished while the long one ran
+    long.cancel()
+    _, done = collect(long)
+    assert done.finish_reason == "cancelled" and done.usage.completion_tokens < 400
+
+
+def test_each_request_keeps_its_own_sampling(loaded, engine) -> None:
+    alone = Engine(loaded, queue_limit=1, prompt_cache_bytes=0)
+    try:
+        seeded_alone = collect(submit(alone, loaded, QUESTIONS[0], temperature=1.0, seed=1234))[0]
+    finally:
+        alone.close()
+    generations = [
+        submit(engine, loaded, QUESTIONS[0], temperature=1.0, seed=1234),
+        submit(engine, loaded, QUESTIONS[1], temperature=0.8, top_p=0.9),
+        submit(engine, loaded, QUESTIONS[2], max_tokens=5),
+        submit(engine, loaded, QUESTIONS[3], temperature=1.0, seed=99, max_tokens=7),
+    ]
+    results = [collect(g) for g in generations]
+    assert results[0][0] == seeded_alone  # a seed gives the same draws in a batch as alone
+    assert [r[1].usage.completion_tokens for r in results] == [12, 12, 5, 7]
+
+
+def test_stop_strings_and_cancellation_are_per_request(loaded, engine) -> None:
+    reference, _ = collect(submit(engine, loaded, QUESTIONS[0], max_tokens=12))
+    stop = reference[len(reference) // 2 :][:2] or reference[-1:]
+    cut = submit(engine, loaded, QUESTIONS[0], max_tokens=12, stop=(stop,))
+    cancelled = submit(engine, loaded, QUESTIONS[1], max_tokens=400)
+    free = submit(engine, loaded, QUESTIONS[2], max_tokens=12)
+    cancelled.cancel()
+    cut_text, cut_done = collect(cut)
+    _, cancelled_done = collect(cancelled)
+    free_text, free_done = collect(free)
+    assert cut_done.finish_reason == "stop" and cut_text == reference[: reference.index(stop)]
+    assert cancelled_done.finish_reason == "cancelled" and cancelled_done.usage.completion_tokens < 400
+    assert free_done.finish_reason == "length" and free_done.usage.completion_tokens == 12
+
+
+def test_queue_limit_still_bounds_requests_in_flight(loaded, engine) -> None:
+    generations = [submit(engine, loaded, QUESTIONS[i], max_tokens=200) for i in range(4)]
+    with pytest.raises(QueueFullError):
+        submit(engine, loaded, QUESTIONS[0])
+    for generation in generations:
+        generation.cancel()
+    assert all(collect(g)[1].finish_reason == "cancelled" for g in generations)
+    assert engine.in_flight == 0
+
+
+# --- through the server ------------------------------------------------------------------------
+PIECES = {
+    "thinking": ["<think>", "\nHmm", ".\n", "</think>", "Hello", " there", "!"],
+    "no_thinking": ["Bonjour", " à", " vous", "."],
+}
+
+
+def test_concurrent_streams_through_the_server_each_get_their_own_answer(serve, make_model) -> None:
+    triggers = TRIGGERS["qwen3"]
+    model_dir = make_model("qwen3", chains={triggers[k]: v for k, v in PIECES.items()})
+    with serve(model_dir, queue_limit=4) as s:
+        results: dict[int, Any] = {}
+        barrier = threading.Barrier(4)
+
+        def stream(i: int) -> None:
+            client = s.client()
+            thinking = i % 2 == 0
+            barrier.wait()
+            chunks = list(
+                client.chat.completions.create(
+                    model=s.info.model_id,
+                    messages=[{"role": "user", "content": QUESTIONS[i]}],
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    extra_body={"chat_template_kwargs": {"enable_thinking": thinking}},
+                )
+            )
+            content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            reasoning = "".join((c.choices[0].delta.model_extra or {}).get("reasoning_content") or "" for c in chunks if c.choices)
+            results[i] = (thinking, content, reasoning, chunks[-1].usage)
+
+        threads = [threading.Thread(target=stream, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    assert sorted(results) == [0, 1, 2, 3]
+    for thinking, content, reasoning, usage in results.values():
+        if thinking:
+            assert content == "Hello there!" and reasoning.strip() == "Hmm."
+            assert usage.completion_tokens == len(PIECES["thinking"])
+        else:
+            assert content == "Bonjour à vous." and reasoning == ""
+            assert usage.completion_tokens == len(PIECES["no_thinking"])
