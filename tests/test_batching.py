@@ -4,6 +4,7 @@ its own events -- through the engine and through the server."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -80,6 +81,31 @@ def test_requests_run_together_not_one_after_another(loaded, engine) -> None:
     long.cancel()
     _, done = collect(long)
     assert done.finish_reason == "cancelled" and done.usage.completion_tokens < 400
+
+
+@pytest.mark.parametrize("sampling", [{"temperature": 0.0}, {"temperature": 1.0, "seed": 7}], ids=["greedy", "seeded"])
+def test_a_request_joined_mid_answer_answers_as_if_alone(loaded, engine, sampling, caplog) -> None:
+    """A request that starts alone runs through generate_step; when a second arrives it moves
+    into a batch (Qwen3's trimmable caches) or was batched from the start (Gemma 4's rotating
+    ones). Either way its answer is the one it gives alone."""
+    alone = Engine(loaded, queue_limit=1, prompt_cache_bytes=0)
+    try:
+        want, _ = collect(submit(alone, loaded, QUESTIONS[3], max_tokens=40, **sampling))
+    finally:
+        alone.close()
+    caplog.set_level(logging.DEBUG, logger="lib_mlx.engine")
+    first = submit(engine, loaded, QUESTIONS[3], max_tokens=40, **sampling)
+    events = iter(first)
+    head = [next(events)]  # decoding has begun
+    second = submit(engine, loaded, QUESTIONS[0], max_tokens=10)
+    rest = list(events)
+    text = "".join(e.text for e in head + rest if isinstance(e, (TextDelta, ReasoningDelta)))
+    done = rest[-1]
+    assert isinstance(done, Done) and done.usage.completion_tokens == 40
+    assert text == want
+    assert collect(second)[1].usage.completion_tokens == 10
+    moved = any("moves into a batch" in r.getMessage() for r in caplog.records)
+    assert moved == (loaded.model_type == "qwen3")
 
 
 def test_each_request_keeps_its_own_sampling(loaded, engine) -> None:

@@ -1,8 +1,9 @@
 """Continuous batching of concurrent requests through mlx-lm's ``BatchGenerator``.
 
-The engine hands a ``BatchRunner`` its first batchable request; the runner then admits every
-request that arrives while others are running, steps them together (one forward pass per token
-for the whole batch, prompts prefilled alongside), and returns when none is left. Per request:
+The engine hands a ``BatchRunner`` its first batchable request (or one that began alone and
+is moving over, a ``Handoff``); the runner then admits every request that arrives while others
+are running, steps them together (one forward pass per token for the whole batch, prompts
+prefilled alongside), and returns when none is left. Per request:
 its own sampler and logits processors, its token budget, cancellation checked at every step
 (also during the prompt), its events through its own ``RequestStream``, and its prompt-cache
 hit in and final cache out (plus the prompt-end checkpoint where the model needs one).
@@ -30,6 +31,21 @@ MAX_PREFILL_BATCH = 8
 
 
 @dataclass
+class Handoff:
+    """A request that began alone (``Engine._generate``) and moves into a batch because another
+    arrived: its cache holds the prompt and every generated token but the last, which the batch
+    feeds again to sample what follows (the single stream's look-ahead step is discarded)."""
+
+    job: "Job"
+    stream: RequestStream
+    cache: list[Any]
+    tokens: list[int]  # what the cache holds
+    last: int
+    remaining: int  # tokens still allowed
+    sampler: Any
+
+
+@dataclass
 class _Sequence:
     job: "Job"
     stream: RequestStream
@@ -47,7 +63,7 @@ class BatchRunner:
         self.leftovers: list["Job | None"] = []
         self.generator: Any = None
 
-    def run(self, first: "Job") -> list["Job | None"]:
+    def run(self, first: "Job | Handoff") -> list["Job | None"]:
         """Serve ``first`` and everything batchable that arrives meanwhile. Returns the queued
         items this run did not take (a request to run alone, the engine's stop marker)."""
         from mlx_lm.generate import BatchGenerator
@@ -62,7 +78,10 @@ class BatchRunner:
             prefill_step_size=PREFILL_STEP,
         )
         try:
-            self._admit(first)
+            if isinstance(first, Handoff):
+                self._take_over(first)
+            else:
+                self._admit(first)
             while True:
                 self._admit_waiting()
                 self._drop_cancelled()
@@ -126,6 +145,26 @@ class BatchRunner:
             job.generation._deliver([Failed(_classify(exc))])
             return
         self.active[uid] = _Sequence(job, stream, checkpoint=at is not None)
+
+    def _take_over(self, handoff: Handoff) -> None:
+        from .engine import _classify
+
+        job = handoff.job
+        try:
+            (uid,) = self.generator.insert_segments(
+                [[[handoff.last]]],
+                max_tokens=[handoff.remaining],
+                caches=[handoff.cache],
+                all_tokens=[handoff.tokens],
+                samplers=[handoff.sampler],
+                logits_processors=[tuple(job.params.logits_processors)],
+            )
+        except BaseException as exc:  # noqa: BLE001 - this request fails, the batch goes on
+            log.exception("could not move a generation into a batch")
+            self.engine.finish_job(job)
+            job.generation._deliver([Failed(_classify(exc))])
+            return
+        self.active[uid] = _Sequence(job, handoff.stream, checkpoint=False)
 
     # per step --------------------------------------------------------------------------
     def _checkpoint(self, uid: int) -> None:

@@ -153,27 +153,34 @@ def make_request_sampler(
         if sampler is None:
             sampler = _shared_samplers[settings] = make_sampler(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p)
         return sampler
-    return _seeded_sampler(params.seed % (1 << 64), temp, top_p, top_k, min_p)
+    return SeededSampler(params.seed % (1 << 64), temp, top_p, top_k, min_p)
 
 
-def _seeded_sampler(seed: int, temp: float, top_p: float, top_k: int, min_p: float) -> Callable[..., Any]:
-    import mlx.core as mx
-    from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
+class SeededSampler:
+    """Sampling with the request's own random stream: draw ``i`` uses a key derived from
+    ``(seed, i)``, so a request draws the same tokens alone or in a batch, and ``rewind`` undoes
+    a draw whose token was thrown away (a look-ahead step before moving into a batch)."""
 
-    key = mx.random.key(seed)
+    def __init__(self, seed: int, temp: float, top_p: float, top_k: int, min_p: float) -> None:
+        self.seed, self.temp, self.top_p, self.top_k, self.min_p = seed, temp, top_p, top_k, min_p
+        self.draws = 0
 
-    def sampler(logprobs: Any) -> Any:
-        nonlocal key
-        if 0 < top_p < 1.0:
-            logprobs = apply_top_p(logprobs, top_p)
-        if min_p:
-            logprobs = apply_min_p(logprobs, min_p)
-        if top_k > 0:
-            logprobs = apply_top_k(logprobs, top_k)
-        key, sub = mx.random.split(key)
-        return mx.random.categorical(logprobs * (1.0 / temp), key=sub)
+    def rewind(self, n: int = 1) -> None:
+        self.draws = max(0, self.draws - n)
 
-    return sampler
+    def __call__(self, logprobs: Any) -> Any:
+        import mlx.core as mx
+        from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
+
+        if 0 < self.top_p < 1.0:
+            logprobs = apply_top_p(logprobs, self.top_p)
+        if self.min_p:
+            logprobs = apply_min_p(logprobs, self.min_p)
+        if self.top_k > 0:
+            logprobs = apply_top_k(logprobs, self.top_k)
+        key = mx.random.key((self.seed + self.draws * 0x9E3779B97F4A7C15) % (1 << 64))
+        self.draws += 1
+        return mx.random.categorical(logprobs * (1.0 / self.temp), key=key)
 
 
 def with_prefix(processors: tuple[Callable[..., Any], ...], prefix: list[int]) -> list[Callable[..., Any]] | None:

@@ -6,8 +6,10 @@ Requests arrive as plain values (``Job``); events leave as plain dataclasses thr
 
 Two ways to run a request, chosen per request:
 
-- one at a time through ``mlx_lm.generate_step`` (``queue_limit`` 1, a model whose caches
-  cannot be batched, a prompt with media): the raw single-stream speed;
+- alone through ``mlx_lm.generate_step``: the raw single-stream speed (``queue_limit`` 1, a
+  model whose caches cannot be batched, a prompt with media; and with ``queue_limit`` > 1 a
+  request that finds nobody else waiting, if the model's caches can always be trimmed: when a
+  second request arrives, the first moves into a batch mid-answer, ``batching.Handoff``);
 - continuous batching through mlx-lm's ``BatchGenerator`` (``queue_limit`` > 1): concurrent
   requests decode together, each with its own sampler, stop rules, cancellation and events
   (``batching.BatchRunner``).
@@ -31,7 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CancelledError, GenerationError, LibMlxError, OutOfMemoryError, QueueFullError
-from .decode import RequestStream, make_request_sampler, with_prefix
+from .batching import BatchRunner, Handoff
+from .decode import RequestStream, SeededSampler, make_request_sampler, with_prefix
 from .events import Done, Event, Failed, Usage
 from .loader import LoadedModel
 from .prompt import RenderedPrompt
@@ -39,6 +42,7 @@ from .prompt_cache import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_ENTRIES,
     PromptCache,
+    cache_length,
     generation_prompt_tails,
     history_end,
     needs_checkpoints,
@@ -190,6 +194,7 @@ class Engine:
         self._closed = False
         self._model_batchable: bool | None = None
         self._checkpoints: bool | None = None
+        self._trimmable: bool | None = None
         self._tails: list[tuple[int, ...]] = []
         _materialize(loaded.model)
         self._thread = threading.Thread(target=self._run, name=f"lib_mlx-engine-{loaded.model_id}", daemon=True)
@@ -230,11 +235,10 @@ class Engine:
         self._jobs.put(None)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+            _wait_for_os_thread(self._thread.native_id)
 
     # worker ----------------------------------------------------------------------------
     def _run(self) -> None:
-        from .batching import BatchRunner
-
         backlog: collections.deque[Job | None] = collections.deque()
         # On Apple silicon keep the model wired in memory while this worker lives, as
         # mlx_lm.stream_generate does around each generation (no-op elsewhere).
@@ -244,10 +248,14 @@ class Engine:
                 job = backlog.popleft() if backlog else self._jobs.get()
                 if job is None:
                     return
-                if self._batching(job):
-                    backlog.extend(BatchRunner(self).run(job))
-                else:
+                if not self._batching(job):
                     self._run_one(job)
+                    continue
+                first: Job | Handoff | None = job
+                if self._jobs.empty() and self._always_trimmable():
+                    first = self._run_one(job, may_hand_off=True)  # alone, until company comes
+                if first is not None:
+                    backlog.extend(BatchRunner(self).run(first))
         finally:
             self.prompt_cache.clear()  # MLX arrays die on the thread that made them
             _unwire(old_wired_limit)
@@ -264,6 +272,15 @@ class Engine:
             cache = make_prompt_cache(loaded.model)
             self._model_batchable = loaded.vlm is None and bool(cache) and all(hasattr(c, "merge") for c in cache)
         return self._model_batchable
+
+    def _always_trimmable(self) -> bool:
+        """Whether every layer's cache can always be trimmed (plain KV caches), which moving a
+        running request into a batch needs."""
+        if self._trimmable is None:
+            from mlx_lm.models.cache import make_prompt_cache
+
+            self._trimmable = not needs_checkpoints(make_prompt_cache(self.loaded.model))
+        return self._trimmable
 
     @staticmethod
     def batchable(job: Job) -> bool:
@@ -296,23 +313,28 @@ class Engine:
         with self._lock:
             self._active.discard(job.generation)
 
-    def _run_one(self, job: Job) -> None:
+    def _run_one(self, job: Job, *, may_hand_off: bool = False) -> Handoff | None:
+        handoff = None
         try:
             if job.generation.cancelled:
                 self.finish_job(job)
                 job.generation._deliver([Done("cancelled", Usage(len(job.prompt.tokens)))])
             else:
-                self._generate(job)
+                handoff = self._generate(job, may_hand_off=may_hand_off)
         except BaseException as exc:  # noqa: BLE001 - the worker must survive anything
             self.finish_job(job)
             job.generation._deliver([Failed(_classify(exc))])
             log.exception("generation failed")
             _recover_after_failure()
         finally:
-            self.finish_job(job)
+            if handoff is None:
+                self.finish_job(job)
+        return handoff
 
-    def _generate(self, job: Job) -> None:
-        """One request alone, through ``mlx_lm.generate_step``."""
+    def _generate(self, job: Job, *, may_hand_off: bool = False) -> Handoff | None:
+        """One request alone, through ``mlx_lm.generate_step``. With ``may_hand_off``, stops
+        when another request is waiting and returns the ``Handoff`` that moves this one into a
+        batch (None when it ran to its end here)."""
         import mlx.core as mx
         from mlx_lm.generate import generate_step
         from mlx_lm.models.cache import make_prompt_cache
@@ -333,17 +355,20 @@ class Engine:
             store.insert(tokens[:at], cache, snapshot=True)
             start = at
 
+        max_tokens = max_new_tokens(loaded, n_prompt, params.max_tokens)
+        sampler = self.sampler(params)
         steps = generate_step(
             mx.array(tokens[start:]),
             loaded.model,
-            max_tokens=max_new_tokens(loaded, n_prompt, params.max_tokens),
-            sampler=self.sampler(params),
+            max_tokens=max_tokens,
+            sampler=sampler,
             logits_processors=with_prefix(params.logits_processors, tokens[:start]),
             prompt_cache=cache,
             **inputs.step_kwargs,
         )
         fed: list[int] = []  # every token the model has taken in after the prompt
         reason = "length"
+        alone = self._jobs.empty if may_hand_off and not inputs.step_kwargs else None
         try:
             add = stream.add
             for token, _ in steps:
@@ -352,11 +377,44 @@ class Engine:
                 if finished is not None:
                     reason = finished
                     break
+                if alone is not None and not alone() and len(fed) < max_tokens:
+                    if cache_length(cache) == len(tokens) + len(fed):
+                        reason = "handoff"
+                        break
         finally:
             steps.close()
+        if reason == "handoff":
+            # generate_step's look-ahead step already fed the last token and sampled the next:
+            # take that token back out of the cache (and its draw out of a seeded sampler); the
+            # batch feeds it again.
+            from mlx_lm.models.cache import trim_prompt_cache
+
+            trim_prompt_cache(cache, 1)
+            log.debug("generation %d moves into a batch after %d tokens", job.generation.id, len(fed))
+            if isinstance(sampler, SeededSampler):
+                sampler.rewind()
+            return Handoff(job, stream, cache, tokens + fed[:-1], fed[-1], max_tokens - len(fed), sampler)
         stream.finish(reason)
         if store is not None:
             store.insert(tokens + fed, cache)
+
+
+def _wait_for_os_thread(native_id: int | None, limit: float = 1.0) -> None:
+    """Wait until the worker's OS thread is really gone, not just its Python side.
+
+    ``Thread.join`` returns once the Python thread state is released; the OS thread then still
+    runs its C++ ``thread_local`` destructors, among them MLX's per-thread stream. A process
+    that exits during that window aborts ("terminate called without an active exception",
+    SIGABRT) -- about half the time with MLX 0.32 on Linux right after an unload. Linux shows
+    the thread in ``/proc/self/task`` until it has exited."""
+    if native_id is None:
+        return
+    task = f"/proc/self/task/{native_id}"
+    if not os.path.isdir("/proc/self/task"):
+        return
+    deadline = time.monotonic() + limit
+    while os.path.exists(task) and time.monotonic() < deadline:
+        time.sleep(0.001)
 
 
 def _wire_model() -> int | None:
