@@ -84,11 +84,22 @@ def thinking_of(spec: ModelSpec) -> bool:
     return spec.family == "qwen3"
 
 
-def warm_up(raw: measure.Raw, live: list[servers.Server], thinking: bool) -> None:
-    messages = [{"role": "user", "content": "warm up"}]
-    raw.run(measure.render(raw.tokenizer, messages, thinking), 8)
+def warm_up(plan: Plan, spec: ModelSpec, raw: measure.Raw, live: list[servers.Server], concurrent: list[servers.Server]) -> None:
+    """One throwaway round at the measured shapes: MLX's GPU backends compile kernels per shape
+    on first use (seconds on CUDA), which must not land in the first measured run."""
+    thinking = thinking_of(spec)
+    text = measure.make_text(raw.tokenizer, plan.prompt_tokens, f"{spec.name}-warm-up")
+    messages = [{"role": "user", "content": text}]
+    raw.run(measure.render(raw.tokenizer, messages, thinking), plan.max_tokens)
     for server in live:
-        measure.stream_once(measure.client_for(server), server.model, messages, 8, thinking)
+        measure.stream_once(measure.client_for(server), server.model, messages, plan.max_tokens, thinking)
+    for n in plan.clients if concurrent else ():
+        prompts = [
+            [{"role": "user", "content": measure.make_text(raw.tokenizer, plan.conc_prompt_tokens, f"warm-{n}-{i}")}]
+            for i in range(n)
+        ]
+        for server in concurrent:
+            measure.concurrent(server, prompts, plan.conc_max_tokens, thinking)
 
 
 def single(plan: Plan, spec: ModelSpec, raw: measure.Raw, ours: servers.Server, peer: servers.Server) -> dict[str, Any]:
@@ -223,12 +234,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-dir", type=Path, default=None, help="where to build (and reuse) the models")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="the Markdown file to update")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw figures as JSON")
+    parser.add_argument("--family", choices=("qwen3", "gemma4_text"), default=None, help="bench one family only")
     parser.add_argument("--note", action="append", default=[], help="a line for the report (e.g. machine load)")
     args = parser.parse_args(argv)
 
     import mlx.core as mx
 
     plan = make_plan(args.quick, args.phone)
+    if args.family:
+        plan.models = [m for m in plan.models if m.family == args.family]
     load_before = report.load_average()
     work = Path(tempfile.mkdtemp(prefix="lib_mlx-bench-"))
     models_dir = args.models_dir or Path(tempfile.gettempdir()) / "lib_mlx-bench-models"
@@ -256,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         raw = measure.Raw(model_dir)
         try:
             with servers.running(*live):
-                warm_up(raw, live, thinking_of(spec))
+                warm_up(plan, spec, raw, live, [live[-1], peer] if in_conc else [])
                 results["single"][name] = single(plan, spec, raw, ours, peer)
                 if in_conv:
                     label = f"{name} ({'thinking' if thinking_of(spec) else 'plain'})"
@@ -271,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     results["machine"] = report.machine(load_before, report.load_average())
     text = report.report(results)
     print(text)
-    key = report.device_kind() + ("-phone" if args.phone else "") + ("-quick" if args.quick else "")
+    key = report.device_kind() + ("-phone" if args.phone else "") + ("-quick" if args.quick else "") + (f"-{args.family}" if args.family else "")
     report.write_section(args.out, key, text)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
