@@ -436,6 +436,24 @@ def test_two_parallel_tool_calls(lab, family) -> None:
     assert _calls(final.choices[0].message) == TWO_CALLS
 
 
+def test_parallel_tool_calls_false_stops_after_the_first_call(lab, family) -> None:
+    s = lab(family, "tools")  # this model writes two calls
+    reply = create(s, tools=TOOLS, parallel_tool_calls=False)
+    assert reply.choices[0].finish_reason == "tool_calls"
+    assert _calls(reply.choices[0].message) == TWO_CALLS[:1]
+    streamed = stream(s, tools=TOOLS, parallel_tool_calls=False)
+    assert [(n, json.loads(a)) for n, a in streamed.tool_calls()] == TWO_CALLS[:1]
+    assert streamed.finish == ["tool_calls"]
+
+
+def test_tool_choice_none_leaves_calls_the_model_writes_as_text(lab, family) -> None:
+    s = lab(family, "tools")
+    reply = create(s, tools=TOOLS, tool_choice="none")
+    message = reply.choices[0].message
+    assert not message.tool_calls and reply.choices[0].finish_reason == "stop"
+    assert "get_weather" in message.content and "get_time" in message.content
+
+
 def test_one_tool_call(lab, family) -> None:
     s = lab(family, "one_call")
     reply = create(s, tools=TOOLS)

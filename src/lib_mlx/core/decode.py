@@ -38,7 +38,13 @@ class RequestStream:
         self.n_prompt = len(prompt.tokens) if n_prompt is None else n_prompt
         self.cached_tokens = cached_tokens
         self.release = release
-        self.parser = make_parser(loaded.parser_spec, tools=prompt.tools, starts_in_reasoning=prompt.starts_in_reasoning)
+        self.parser = make_parser(
+            loaded.parser_spec,
+            tools=prompt.tools,
+            starts_in_reasoning=prompt.starts_in_reasoning,
+            parse_tools=prompt.parse_tools,
+        )
+        self.max_tool_calls = prompt.max_tool_calls
         self.stops = StopMatcher(params.stop)
         self.detokenizer = loaded.tokenizer.detokenizer
         self.eos: frozenset[int] = frozenset() if params.ignore_eos else frozenset(loaded.tokenizer.eos_token_ids)
@@ -74,6 +80,8 @@ class RequestStream:
                 if type(event) is ToolCallEnd:
                     self.tool_calls += 1
             gen._deliver(events)
+        if self.max_tool_calls is not None and self.tool_calls >= self.max_tool_calls:
+            return "stop"  # parallel_tool_calls false: the first call ends the answer
         return "stop" if stopped else None
 
     def finish(self, reason: str) -> None:

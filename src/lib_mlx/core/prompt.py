@@ -34,6 +34,10 @@ class RenderedPrompt:
     # engine feeds it to the parser before the first generated token.
     assistant_prefix: str = ""
     tools: list[dict[str, Any]] | None = None
+    # tool_choice "none": calls the model writes anyway stay text; parallel_tool_calls false:
+    # generation ends after the first call.
+    parse_tools: bool = True
+    max_tool_calls: int | None = None
     # Decoded images/audio (``core.vlm.MediaInputs``) in the order the text's placeholders
     # appear; the engine encodes them (``core.vlm.prompt_inputs``).
     media: Any = None
@@ -175,6 +179,8 @@ def render(loaded: LoadedModel, prompt: ChatPrompt) -> RenderedPrompt:
         starts_in_reasoning=starts_in_reasoning and not prefix,
         assistant_prefix=prefix,
         tools=tools,
+        parse_tools=prompt.tool_choice != "none",
+        max_tool_calls=None if prompt.parallel_tool_calls else 1,
         media=media or None,
     )
 

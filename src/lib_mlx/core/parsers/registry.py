@@ -81,6 +81,7 @@ def make_parser(
     tools: list[dict] | None = None,
     starts_in_reasoning: bool = False,
     prefill: str = "",
+    parse_tools: bool = True,
 ) -> StreamParser:
     """A parser for one request.
 
@@ -90,8 +91,14 @@ def make_parser(
     the start of the assistant turn (an opened ``<think>``, a forced ``<tool_call>``…); it is
     parsed as if generated but counts as no token, and the events it completes (a
     ``ToolCallStart`` for a forced function name) come with the first ``feed()``.
+    ``parse_tools=False`` (``tool_choice: "none"``): tool-call markup stays answer text.
     """
     name = detect_family(spec) if spec.family == "auto" else spec.family
     return StreamParser(
-        spec, get_family(name), tools=tools, starts_in_reasoning=starts_in_reasoning, prefill=prefill
+        spec,
+        get_family(name),
+        tools=tools,
+        starts_in_reasoning=starts_in_reasoning,
+        prefill=prefill,
+        parse_tools=parse_tools,
     )
