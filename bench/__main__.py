@@ -5,6 +5,9 @@ Contenders, each on the same rendered prompts and token budgets, generation forc
 ``max_tokens`` (the bench models' EOS is unreachable, see ``bench.models``):
 
 - raw: ``mlx_lm.stream_generate`` in this process (no HTTP, no client);
+- engine: lib_mlx's engine in this process (chat template, queue, generation, events; no HTTP),
+  so that ours - engine is what HTTP, SSE and the client add, and engine - raw what the engine
+  adds (single requests only);
 - ours: ``lib-mlx serve`` in a process of its own, streamed through the ``openai`` client
   (``queue_limit`` 1 for single requests and conversations, 4 for concurrent clients);
 - ours, no cache: the same with the prompt cache off (``LIB_MLX_PROMPT_CACHE_BYTES=0``);
@@ -84,13 +87,21 @@ def thinking_of(spec: ModelSpec) -> bool:
     return spec.family == "qwen3"
 
 
-def warm_up(plan: Plan, spec: ModelSpec, raw: measure.Raw, live: list[servers.Server], concurrent: list[servers.Server]) -> None:
+def warm_up(
+    plan: Plan,
+    spec: ModelSpec,
+    raw: measure.Raw,
+    engine: measure.Engine,
+    live: list[servers.Server],
+    concurrent: list[servers.Server],
+) -> None:
     """One throwaway round at the measured shapes: MLX's GPU backends compile kernels per shape
     on first use (seconds on CUDA), which must not land in the first measured run."""
     thinking = thinking_of(spec)
     text = measure.make_text(raw.tokenizer, plan.prompt_tokens, f"{spec.name}-warm-up")
     messages = [{"role": "user", "content": text}]
     raw.run(measure.render(raw.tokenizer, messages, thinking), plan.max_tokens)
+    engine.run(messages, plan.max_tokens, thinking)
     for server in live:
         measure.stream_once(measure.client_for(server), server.model, messages, plan.max_tokens, thinking)
     for n in plan.clients if concurrent else ():
@@ -102,14 +113,17 @@ def warm_up(plan: Plan, spec: ModelSpec, raw: measure.Raw, live: list[servers.Se
             measure.concurrent(server, prompts, plan.conc_max_tokens, thinking)
 
 
-def single(plan: Plan, spec: ModelSpec, raw: measure.Raw, ours: servers.Server, peer: servers.Server) -> dict[str, Any]:
+def single(
+    plan: Plan, spec: ModelSpec, raw: measure.Raw, engine: measure.Engine, ours: servers.Server, peer: servers.Server
+) -> dict[str, Any]:
     thinking = thinking_of(spec)
-    samples: dict[str, list[measure.Sample]] = {"raw": [], "ours": [], "mlx_lm": []}
+    samples: dict[str, list[measure.Sample]] = {"raw": [], "engine": [], "ours": [], "mlx_lm": []}
     clients = {"ours": measure.client_for(ours), "mlx_lm": measure.client_for(peer)}
     for run in range(plan.runs):
         text = measure.make_text(raw.tokenizer, plan.prompt_tokens, f"{spec.name}-single-{run}")
         messages = [{"role": "user", "content": text}]
         samples["raw"].append(raw.run(measure.render(raw.tokenizer, messages, thinking), plan.max_tokens))
+        samples["engine"].append(engine.run(messages, plan.max_tokens, thinking))
         for name, server in (("ours", ours), ("mlx_lm", peer)):
             samples[name].append(measure.stream_once(clients[name], server.model, messages, plan.max_tokens, thinking))
         _progress(f"{spec.name} single run {run + 1}/{plan.runs}: " + ", ".join(
@@ -268,10 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         if in_conc:
             live.append(servers.start_ours(model_dir, work, queue_limit=4, name=f"ours-q4-{name}"))
         raw = measure.Raw(model_dir)
+        engine = measure.Engine(model_dir)
         try:
             with servers.running(*live):
-                warm_up(plan, spec, raw, live, [live[-1], peer] if in_conc else [])
-                results["single"][name] = single(plan, spec, raw, ours, peer)
+                warm_up(plan, spec, raw, engine, live, [live[-1], peer] if in_conc else [])
+                results["single"][name] = single(plan, spec, raw, engine, ours, peer)
                 if in_conv:
                     label = f"{name} ({'thinking' if thinking_of(spec) else 'plain'})"
                     contenders = {"ours": ours, "nocache": live[2], "mlx_lm": peer}
@@ -281,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                     contenders = {"ours": live[-1], "mlx_lm": peer}
                     results["concurrency"][name] = concurrency(plan, spec, raw.tokenizer, contenders)
         finally:
+            engine.close()
             raw.close()
     results["machine"] = report.machine(load_before, report.load_average())
     text = report.report(results)

@@ -98,6 +98,46 @@ class Raw:
         mx.clear_cache()
 
 
+class Engine:
+    """lib_mlx's engine in this process, without HTTP (render, queue, generation, events):
+    the difference between this and the server is what HTTP, SSE and the client add."""
+
+    def __init__(self, model_dir: Any) -> None:
+        from lib_mlx.config import MlxModelConfig
+        from lib_mlx.core import MlxCore
+
+        self.core = MlxCore.load(MlxModelConfig(model_path=str(model_dir)))
+
+    def run(self, messages: list[dict[str, Any]], max_tokens: int, thinking: bool) -> Sample:
+        from lib_mlx.core import ChatPrompt, SamplingParams
+        from lib_mlx.core.events import Done, ReasoningDelta, TextDelta, ToolCallStart
+
+        t0 = time.perf_counter()
+        rendered = self.core.render(ChatPrompt(messages=messages, thinking=thinking))
+        generation = self.core.submit(rendered, SamplingParams(max_tokens=max_tokens, temperature=0.0))
+        t_first = t_last = 0.0
+        done = None
+        for event in generation:
+            if isinstance(event, (TextDelta, ReasoningDelta, ToolCallStart)):
+                now = time.perf_counter()
+                if not t_first:
+                    t_first = now
+                t_last = now
+            elif isinstance(event, Done):
+                done = event
+        if done is None:
+            raise RuntimeError("the engine ended without Done")
+        n = done.usage.completion_tokens
+        if not t_first:  # only text a parser holds back (whitespace): the engine's own clock
+            timings = done.timings
+            return Sample(timings.prompt_seconds, timings.decode_tps, done.usage.prompt_tokens, n, done.usage.cached_tokens)
+        decode = (n - 1) / (t_last - t_first) if n > 1 and t_last > t_first else 0.0
+        return Sample(t_first - t0, decode, done.usage.prompt_tokens, n, done.usage.cached_tokens, t_first, t_last)
+
+    def close(self) -> None:
+        self.core.close()
+
+
 # servers --------------------------------------------------------------------------------
 def client_for(server: Any) -> Any:
     import openai

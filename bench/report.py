@@ -135,15 +135,20 @@ def report(results: dict[str, Any]) -> str:
 
     single = results["single"]
     if single:
-        out.append("### One streamed request (client-side figures; raw = in-process `mlx_lm.stream_generate`)")
+        out.append(
+            "### One streamed request (client-side figures; raw = in-process `mlx_lm.stream_generate`, "
+            "engine = lib_mlx's engine in-process without HTTP)"
+        )
         out.append("")
         rows = []
         for name, s in single.items():
             for label, key, digits in (("prompt tok/s", "prompt_tps", 0), ("decode tok/s", "decode_tps", 1), ("TTFT ms", "ttft_ms", 0)):
                 raw, ours, peer = s["raw"][key], s["ours"][key], s["mlx_lm"][key]
+                engine = s.get("engine", {}).get(key, float("nan"))
                 extra = f" ({ours - raw:+.0f} ms)" if key == "ttft_ms" else ""
-                rows.append([name, label, fmt(raw, digits), fmt(ours, digits), fmt(peer, digits), ratio(ours, raw) + extra, ratio(ours, peer)])
-        out.append(table(["model", "figure", "raw", "ours", "mlx_lm.server", "ours/raw", "ours/mlx_lm"], rows))
+                rows.append([name, label, fmt(raw, digits), fmt(engine, digits), fmt(ours, digits), fmt(peer, digits),
+                             ratio(ours, raw) + extra, ratio(ours, peer)])  # fmt: skip
+        out.append(table(["model", "figure", "raw", "engine", "ours", "mlx_lm.server", "ours/raw", "ours/mlx_lm"], rows))
         out.append("")
 
     conv = results["conversation"]

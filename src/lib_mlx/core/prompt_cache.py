@@ -124,6 +124,7 @@ class PromptCache:
     def clear(self) -> None:
         self._entries.clear()
         self._nbytes = 0
+        self.stats.entries = self.stats.nbytes = 0
 
     # lookup -----------------------------------------------------------------------------
     def fetch(self, tokens: Sequence[int]) -> CacheHit | None:
