@@ -28,6 +28,7 @@ log = logging.getLogger("lib_mlx.engine")
 
 PREFILL_STEP = 2048
 MAX_PREFILL_BATCH = 8
+MAX_DEFERRALS = 4  # steps a newcomer may wait for the requests before it to start answering
 
 
 @dataclass
@@ -60,6 +61,8 @@ class BatchRunner:
         self.loaded = engine.loaded
         self.store = engine.prompt_cache
         self.active: dict[int, _Sequence] = {}
+        self.awaiting_first: set[int] = set()  # admitted, no token yet
+        self.deferrals = 0
         self.leftovers: list["Job | None"] = []
         self.generator: Any = None
 
@@ -108,7 +111,18 @@ class BatchRunner:
 
     # admission ------------------------------------------------------------------------
     def _admit_waiting(self) -> None:
+        """Take in the requests that arrived -- after the requests already admitted have their
+        first token (for at most ``MAX_DEFERRALS`` steps). mlx-lm's batch runs a newcomer's
+        prompt in the same step as everyone's next token, and pads prompt pieces to the longest:
+        a request admitted moments after another would hold back that one's first token for its
+        own prompt and pad the other's last few prompt tokens out to its whole prompt."""
         jobs = self.engine._jobs
+        if jobs.empty():
+            return
+        if self.awaiting_first and self.deferrals < MAX_DEFERRALS:
+            self.deferrals += 1
+            return
+        self.deferrals = 0
         while not self.leftovers and not jobs.empty():
             job = jobs.get_nowait()
             if job is None or not self.engine.batchable(job):
@@ -145,6 +159,7 @@ class BatchRunner:
             job.generation._deliver([Failed(_classify(exc))])
             return
         self.active[uid] = _Sequence(job, stream, checkpoint=at is not None)
+        self.awaiting_first.add(uid)
 
     def _take_over(self, handoff: Handoff) -> None:
         from .engine import _classify
@@ -184,6 +199,7 @@ class BatchRunner:
         ended: dict[int, str] = {}
         done_by_generator: list[Any] = []
         active = self.active
+        self.awaiting_first.difference_update(r.uid for r in responses)
         for r in responses:
             seq = active.get(r.uid)
             if seq is None:
@@ -209,6 +225,7 @@ class BatchRunner:
         log.exception("a batched generation failed")
         if in_batch:
             self.generator.remove([uid])
+        self.awaiting_first.discard(uid)
         seq = self.active.pop(uid)
         self.engine.finish_job(seq.job)
         seq.job.generation._deliver([Failed(_classify(exc))])
@@ -222,6 +239,7 @@ class BatchRunner:
             self._complete(uid, reasons[uid], cache, tokens)
 
     def _complete(self, uid: int, reason: str, cache: Any, tokens: Any) -> None:
+        self.awaiting_first.discard(uid)
         seq = self.active.pop(uid)
         try:
             seq.stream.finish(reason)
