@@ -16,9 +16,10 @@ Contenders, each on the same rendered prompts and token budgets, generation forc
 Measured: one streamed request (prompt tokens/s, decode tokens/s, time to first token); a
 six-turn conversation with ~1,000 tokens of history by turn 3 (time to first token per turn) for
 a thinking model (Qwen3, reasoning in every turn) and a plain one (Gemma 4, thinking off); 1, 2
-and 4 concurrent streaming clients (aggregate decode tokens/s, time to first token); and the
-cost of the prompt cache's snapshot (the thinking-model checkpoint). Medians over several runs;
-contenders alternate within each run so that drifting machine load hits them alike.
+and 4 concurrent streaming clients (aggregate decode tokens/s while all of them decode, time to
+first token); and the cost of the prompt cache's snapshot (the thinking-model checkpoint).
+Medians over several runs; contenders alternate within each run so that drifting machine load
+hits them alike.
 
 ``--phone`` selects the Qwen3-0.6B and Gemma-4-E2B text shapes (for a GPU: MLX's Linux CPU
 backend decodes those at ~1-3 tokens/s); the default is reduced widths and depths that decode at

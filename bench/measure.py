@@ -59,6 +59,7 @@ class Sample:
     cached_tokens: int = 0
     t_first: float = 0.0
     t_last: float = 0.0
+    chunk_times: list[float] = field(default_factory=list)  # arrival of each chunk with a token
 
     @property
     def prompt_tps(self) -> float:
@@ -167,6 +168,7 @@ def stream_once(
     )
     t_first = t_last = 0.0
     usage = None
+    times: list[float] = []
     for chunk in stream:
         if chunk.usage is not None:
             usage = chunk.usage
@@ -176,6 +178,7 @@ def stream_once(
                 if not t_first:
                     t_first = now
                 t_last = now
+                times.append(now)
     if usage is None or not t_first:
         raise RuntimeError("the stream carried no tokens or no usage")
     details = getattr(usage, "prompt_tokens_details", None)
@@ -189,6 +192,7 @@ def stream_once(
         cached,
         t_first,
         t_last,
+        times,
     )
 
 
@@ -235,7 +239,19 @@ class Concurrent:
 
     @property
     def aggregate_tps(self) -> float:
-        """Tokens decoded by all clients per second of the window in which they decoded."""
+        """Tokens per second decoded by all clients together while all of them were decoding
+        (from the last client's first token to the first client's last one): the server's
+        steady decode throughput at this concurrency. Chunks stand for tokens (one per token;
+        the rare held-back piece merges two), scaled by each client's token count. Falls back to
+        all tokens over the whole span when the clients did not overlap."""
+        start = max(s.t_first for s in self.samples)
+        end = min(s.t_last for s in self.samples)
+        if end - start > 0.05 * (max(s.t_last for s in self.samples) - min(s.t_first for s in self.samples)):
+            tokens = 0.0
+            for s in self.samples:
+                inside = sum(1 for t in s.chunk_times if start < t <= end)
+                tokens += inside * s.completion_tokens / max(len(s.chunk_times), 1)
+            return tokens / (end - start)
         start = min(s.t_first for s in self.samples)
         end = max(s.t_last for s in self.samples)
         tokens = sum(s.completion_tokens - 1 for s in self.samples)

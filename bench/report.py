@@ -179,7 +179,10 @@ def report(results: dict[str, Any]) -> str:
 
     conc = results["concurrency"]
     if conc:
-        out.append("### Concurrent streaming clients (ours with queue_limit 4)")
+        out.append(
+            "### Concurrent streaming clients (ours with queue_limit 4; agg tok/s = all clients' tokens per "
+            "second while all of them decode)"
+        )
         out.append("")
         rows = []
         for name, c in conc.items():

@@ -143,7 +143,8 @@ def test_queue_full_gets_429_with_retry_after(serve, make_model) -> None:
     with serve(make_model("llama"), queue_limit=1) as s:
         client = s.client()
         stream = client.chat.completions.create(
-            model=s.info.model_id, messages=MESSAGES, max_tokens=3000, stream=True
+            model=s.info.model_id, messages=MESSAGES, max_tokens=3000, stream=True,
+            extra_body={"ignore_eos": True},
         )
         first = next(iter(stream))
         assert first.choices[0].delta.role == "assistant"
