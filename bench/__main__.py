@@ -67,7 +67,7 @@ def make_plan(quick: bool, phone: bool) -> Plan:
     specs = [ModelSpec(f, size, b) for f in ("qwen3", "gemma4_text") for b in (None, 4)]
     plan = Plan(
         size=size,
-        runs=2 if quick else 5,
+        runs=3 if quick else (7 if phone else 5),  # GPU runs see rare 50-70 ms stalls (raw too)
         prompt_tokens=256 if quick else 512,
         max_tokens=64 if quick else (256 if phone else 128),
         conv_turns=6,
@@ -110,6 +110,7 @@ def warm_up(
             [{"role": "user", "content": measure.make_text(raw.tokenizer, plan.conc_prompt_tokens, f"warm-{n}-{i}")}]
             for i in range(n)
         ]
+        raw.batch([measure.render(raw.tokenizer, messages, thinking) for messages in prompts], plan.conc_max_tokens)
         for server in concurrent:
             measure.concurrent(server, prompts, plan.conc_max_tokens, thinking)
 
@@ -167,17 +168,23 @@ def conversation(
     return {"thinking": thinking, "turns": turns}
 
 
-def concurrency(plan: Plan, spec: ModelSpec, tokenizer: Any, contenders: dict[str, servers.Server]) -> dict[str, Any]:
+def concurrency(
+    plan: Plan, spec: ModelSpec, raw: measure.Raw, contenders: dict[str, servers.Server]
+) -> dict[str, Any]:
+    """1, 2 and 4 clients at once against each server, and the same prompts through mlx-lm's
+    ``BatchGenerator`` in-process ("raw"): the machine's own batching capacity."""
     thinking = thinking_of(spec)
     out: dict[str, Any] = {}
     for n in plan.clients:
-        figures: dict[str, list[measure.Concurrent]] = {name: [] for name in contenders}
+        figures: dict[str, list[measure.Concurrent]] = {name: [] for name in ("raw", *contenders)}
         for run in range(plan.conc_runs):
+            prompts = [
+                [{"role": "user", "content": measure.make_text(raw.tokenizer, plan.conc_prompt_tokens, f"{spec.name}-c{n}-{run}-{i}")}]
+                for i in range(n)
+            ]
+            tokens = [measure.render(raw.tokenizer, messages, thinking) for messages in prompts]
+            figures["raw"].append(raw.batch(tokens, plan.conc_max_tokens))
             for name, server in contenders.items():
-                prompts = [
-                    [{"role": "user", "content": measure.make_text(tokenizer, plan.conc_prompt_tokens, f"{spec.name}-c{n}-{run}-{i}")}]
-                    for i in range(n)
-                ]
                 figures[name].append(measure.concurrent(server, prompts, plan.conc_max_tokens, thinking))
             _progress(f"{spec.name} {n} clients run {run + 1}/{plan.conc_runs}: " + ", ".join(
                 f"{k} {v[-1].aggregate_tps:.1f} tok/s" for k, v in figures.items()))  # fmt: skip
@@ -271,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": {},
     }
     print(f"models in {models_dir}; logs in {work}; device {mx.default_device()}", file=sys.stderr)
+    text = ""
     for spec in plan.models:
         model_dir = build(spec, models_dir / spec.name)
         name = spec.name
@@ -295,19 +303,25 @@ def main(argv: list[str] | None = None) -> int:
                     results["checkpoint"][name] = cache_operations(raw)
                 if in_conc:
                     contenders = {"ours": live[-1], "mlx_lm": peer}
-                    results["concurrency"][name] = concurrency(plan, spec, raw.tokenizer, contenders)
+                    results["concurrency"][name] = concurrency(plan, spec, raw, contenders)
         finally:
             engine.close()
             raw.close()
+        # After every model, so that a run cut short (a time limit) still leaves what it measured.
+        text = save(args, results, load_before)
+    print(text)
+    return 0
+
+
+def save(args: argparse.Namespace, results: dict[str, Any], load_before: tuple[float, ...]) -> str:
     results["machine"] = report.machine(load_before, report.load_average())
     text = report.report(results)
-    print(text)
     key = report.device_kind() + ("-phone" if args.phone else "") + ("-quick" if args.quick else "") + (f"-{args.family}" if args.family else "")
     report.write_section(args.out, key, text)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
-    print(f"\nwrote {args.out} (section {key})", file=sys.stderr)
-    return 0
+    print(f"wrote {args.out} (section {key})", file=sys.stderr)
+    return text
 
 
 if __name__ == "__main__":

@@ -89,6 +89,35 @@ class Raw:
             n = response.generation_tokens
         return Sample(t_first - t0, (n - 1) / (t_last - t_first) if n > 1 else 0.0, len(tokens), n, 0, t_first, t_last)
 
+    def batch(self, prompts: list[list[int]], max_tokens: int, batch_size: int = 4) -> "Concurrent":
+        """mlx-lm's ``BatchGenerator`` in this process on ``prompts`` at once (sized as our server's
+        batch with ``queue_limit`` 4): what continuous batching itself gets out of this machine,
+        to tell the server's cost from the hardware's limit."""
+        from mlx_lm.generate import BatchGenerator
+
+        generator = BatchGenerator(self.model, completion_batch_size=batch_size, prefill_batch_size=batch_size)
+        try:
+            t0 = time.perf_counter()
+            uids = generator.insert(prompts, max_tokens=[max_tokens] * len(prompts))
+            times: dict[int, list[float]] = {uid: [] for uid in uids}
+            running = set(uids)
+            while running:
+                _, responses = generator.next()
+                now = time.perf_counter()
+                for r in responses:
+                    times[r.uid].append(now)
+                    if r.finish_reason is not None:
+                        running.discard(r.uid)
+        finally:
+            generator.close()
+        samples = []
+        for uid, prompt in zip(uids, prompts):
+            ts = times[uid]
+            n = len(ts)
+            decode = (n - 1) / (ts[-1] - ts[0]) if n > 1 and ts[-1] > ts[0] else 0.0
+            samples.append(Sample(ts[0] - t0, decode, len(prompt), n, 0, ts[0], ts[-1], ts))
+        return Concurrent(samples)
+
     def close(self) -> None:
         import gc
 

@@ -137,7 +137,8 @@ def report(results: dict[str, Any]) -> str:
     if single:
         out.append(
             "### One streamed request (client-side figures; raw = in-process `mlx_lm.stream_generate`, "
-            "engine = lib_mlx's engine in-process without HTTP)"
+            "engine = lib_mlx's engine in-process without HTTP, beside raw in the bench's process; "
+            "`python -m bench.first_token` splits the first token's time by stage)"
         )
         out.append("")
         rows = []
@@ -181,19 +182,24 @@ def report(results: dict[str, Any]) -> str:
     if conc:
         out.append(
             "### Concurrent streaming clients (ours with queue_limit 4; agg tok/s = all clients' tokens per "
-            "second while all of them decode)"
+            "second while all of them decode; raw batch = mlx-lm's `BatchGenerator` in-process on the same "
+            "prompts, batch size 4: what batching gets out of this machine without a server)"
         )
         out.append("")
         rows = []
         for name, c in conc.items():
             base = c["1"]["ours"]["tps"] if "1" in c else float("nan")
+            raw_base = c["1"].get("raw", {}).get("tps", float("nan")) if "1" in c else float("nan")
             for n, fig in c.items():
                 o, p = fig["ours"], fig["mlx_lm"]
+                r = fig.get("raw", {}).get("tps", float("nan"))
                 rows.append([
-                    name, n, fmt(o["tps"]), fmt(p["tps"]), ratio(o["tps"], p["tps"]), ratio(o["tps"], base),
+                    name, n, fmt(r), fmt(o["tps"]), fmt(p["tps"]), ratio(o["tps"], r), ratio(o["tps"], p["tps"]),
+                    ratio(r, raw_base), ratio(o["tps"], base),
                     f"{fmt(o['ttft_ms'], 0)} / {fmt(o['ttft_max_ms'], 0)}", f"{fmt(p['ttft_ms'], 0)} / {fmt(p['ttft_max_ms'], 0)}",
                 ])  # fmt: skip
-        out.append(table(["model", "clients", "ours agg tok/s", "mlx_lm agg tok/s", "ours/mlx_lm", "ours vs 1 client",
-                          "ours TTFT med/max ms", "mlx_lm TTFT med/max ms"], rows))  # fmt: skip
+        out.append(table(["model", "clients", "raw batch agg tok/s", "ours agg tok/s", "mlx_lm agg tok/s", "ours/raw batch",
+                          "ours/mlx_lm", "raw batch vs 1", "ours vs 1 client", "ours TTFT med/max ms",
+                          "mlx_lm TTFT med/max ms"], rows))  # fmt: skip
         out.append("")
     return "\n".join(out)
