@@ -73,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-tokens", type=int, default=256)
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--models-dir", type=Path, default=Path(tempfile.gettempdir()) / "lib_mlx-bench-models")
+    parser.add_argument("--conversation", action="store_true", help="stage times per turn of the bench's conversation")
     args = parser.parse_args(argv)
+    if args.conversation:
+        return conversation_stages(args)
 
     import mlx.core as mx
 
@@ -117,6 +120,39 @@ def main(argv: list[str] | None = None) -> int:
     print("(stages: ms from the openai client's send, stamped in the server process)\n")
     for name, values in rows.items():
         print(f"{name:<44} {statistics.median(values):8.2f}   (min {min(values):.2f}, max {max(values):.2f})")
+    return 0
+
+
+def conversation_stages(args: argparse.Namespace) -> int:
+    """The bench's six-turn conversation through a traced server (after one unmeasured
+    conversation of the same shape): per turn, ms from the client's send to each stage."""
+    import mlx.core as mx
+
+    spec = ModelSpec(args.family, args.size, args.bits)
+    model_dir = build(spec, args.models_dir / spec.name)
+    thinking = args.family == "qwen3"
+    work = Path(tempfile.mkdtemp(prefix="lib_mlx-first-token-"))
+    trace = work / "stages.jsonl"
+    server = start_traced(model_dir, work, trace)
+    raw = measure.Raw(model_dir)
+    client = measure.client_for(server)
+    try:
+        for seed in ("warm-up", "measured"):
+            script = measure.Conversation(raw.tokenizer, f"ft-conv-{seed}").script()
+            print(f"\n{spec.name} on {mx.default_device()}, conversation ({seed}):")
+            for turn, (messages, _) in enumerate(script, 1):
+                tokens = measure.render(raw.tokenizer, messages, thinking)
+                r = raw.run(tokens, 8)
+                trace.write_text("")
+                t_send = time.perf_counter()
+                o = measure.stream_once(client, server.model, messages, 8, thinking)
+                stages = [json.loads(line) for line in trace.read_text().splitlines() if line.strip()]
+                cells = " ".join(f"{st['stage'][0]}:{(st['t'] - t_send) * 1000:.1f}" for st in stages)
+                print(f"  turn {turn}: {o.prompt_tokens} tok, {o.cached_tokens} cached; raw (no cache) {r.ttft * 1000:.1f} ms, "
+                      f"ours {o.ttft * 1000:.1f} ms; stages {cells}")  # fmt: skip
+    finally:
+        server.stop()
+        raw.close()
     return 0
 
 

@@ -39,7 +39,15 @@ def make_text(tokenizer: Any, n_tokens: int, seed: str) -> str:
     while lo < hi:
         mid = (lo + hi) // 2
         lo, hi = (mid + 1, hi) if count(mid) < n_tokens else (lo, mid)
-    return " ".join(words[:lo])
+    text = " ".join(words[:lo])
+    # Exactly n_tokens where the tokenizer allows (the last word may overshoot): every run's
+    # prompt then has the same length, which a GPU warm-up at that length depends on.
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) > n_tokens:
+        cut = tokenizer.decode(ids[:n_tokens])
+        if len(tokenizer.encode(cut, add_special_tokens=False)) == n_tokens:
+            return cut
+    return text
 
 
 def render(tokenizer: Any, messages: list[dict[str, Any]], thinking: bool) -> list[int]:
