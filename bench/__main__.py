@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="the Markdown file to update")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw figures as JSON")
     parser.add_argument("--family", choices=("qwen3", "gemma4_text"), default=None, help="bench one family only")
+    parser.add_argument("--only", default=None, help="bench one model only, e.g. gemma4_text-phone-4bit")
     parser.add_argument("--note", action="append", default=[], help="a line for the report (e.g. machine load)")
     args = parser.parse_args(argv)
 
@@ -274,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = make_plan(args.quick, args.phone)
     if args.family:
         plan.models = [m for m in plan.models if m.family == args.family]
+    if args.only:
+        plan.models = [m for m in plan.models if m.name == args.only]
     load_before = report.load_average()
     work = Path(tempfile.mkdtemp(prefix="lib_mlx-bench-"))
     models_dir = args.models_dir or Path(tempfile.gettempdir()) / "lib_mlx-bench-models"

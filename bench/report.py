@@ -203,3 +203,25 @@ def report(results: dict[str, Any]) -> str:
                           "mlx_lm TTFT med/max ms"], rows))  # fmt: skip
         out.append("")
     return "\n".join(out)
+
+
+def merge(paths: list[Path]) -> dict[str, Any]:
+    """One run's results from several ``--json`` files of the same plan (a family benched in
+    parts, to fit time-limited machines): later files add their models' tables."""
+    import json
+
+    merged: dict[str, Any] = {}
+    for path in paths:
+        part = json.loads(Path(path).read_text())
+        if not merged:
+            merged = part
+            continue
+        for key in ("single", "conversation", "concurrency", "checkpoint"):
+            merged[key].update(part.get(key, {}))
+        merged["machine"] = [*part["machine"][:1], *merged["machine"][1:]]
+    return merged
+
+
+if __name__ == "__main__":  # python -m bench.report OUT.md KEY part1.json part2.json ...
+    out, key, *parts = sys.argv[1:]
+    write_section(Path(out), key, report(merge([Path(p) for p in parts])))

@@ -15,7 +15,7 @@ from lib_mlx.core.engine import Engine
 from lib_mlx.core.events import Done, ReasoningDelta, TextDelta
 from lib_mlx.core.loader import LoadedModel, load
 from lib_mlx.core.prompt import render
-from lib_mlx.core.prompt_cache import PromptCache, generation_prompt_tails, history_end
+from lib_mlx.core.prompt_cache import PromptCache, generation_prompt_tails, history_end, reserve
 from lib_mlx.config import MlxModelConfig
 
 
@@ -76,6 +76,31 @@ def test_an_untrimmable_cache_is_used_only_as_an_exact_prefix() -> None:
     store.insert([1, 2, 3], fake(3, trimmable=False))
     hit = store.fetch([1, 2, 3, 4, 9])
     assert hit is not None and hit.reused == 3
+
+
+def test_reserve_grows_a_trimmed_cache_to_a_whole_number_of_steps() -> None:
+    """A snapshot trimmed back mid-buffer grows to a multiple of ``step`` (the buffer lengths a
+    fresh cache has; MLX's CUDA backend builds attention kernels per layout), keeping what it
+    holds, so the prompt's remainder then writes in place."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import KVCache, trim_prompt_cache
+
+    layer = KVCache()
+    keys = mx.random.normal((1, 2, 300, 8))
+    values = mx.random.normal((1, 2, 300, 4))
+    layer.update_and_fetch(keys, values)
+    assert layer.keys.shape[2] == 512
+    trim_prompt_cache([layer], 300 - 290)
+    reserve([layer], 250)  # 540 needed
+    assert layer.offset == 290 and layer.keys.shape[2] == 768 and layer.values.shape == (1, 2, 768, 4)
+    assert mx.array_equal(layer.keys[..., :290, :], keys[..., :290, :])
+    assert mx.array_equal(layer.values[..., :290, :], values[..., :290, :])
+    layer.update_and_fetch(mx.zeros((1, 2, 250, 8)), mx.zeros((1, 2, 250, 4)))
+    assert layer.keys.shape[2] == 768  # no regrowth: mlx-lm would have made it 290 + 256 * 1
+    before = layer.keys
+    reserve([layer], 10)  # fits: untouched
+    assert layer.keys is before
+    reserve([KVCache()], 10)  # an empty cache grows on its own, aligned
 
 
 def test_a_different_history_reuses_nothing() -> None:

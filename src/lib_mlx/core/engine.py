@@ -46,6 +46,7 @@ from .prompt_cache import (
     generation_prompt_tails,
     history_end,
     needs_checkpoints,
+    reserve,
 )
 from .vlm import prompt_inputs
 
@@ -347,6 +348,8 @@ class Engine:
         hit = store.fetch(tokens) if store is not None else None
         cache = hit.cache if hit is not None else make_prompt_cache(loaded.model)
         reused = hit.reused if hit is not None else 0
+        if hit is not None:
+            reserve(cache, n_prompt - reused)
         stream = RequestStream(job, loaded, n_prompt=n_prompt, cached_tokens=reused, release=self.finish_job)
 
         start = reused  # generate_step gets tokens[start:] with the cache holding the rest

@@ -53,6 +53,36 @@ def cache_length(cache: list[Any]) -> int | None:
     return None
 
 
+def reserve(cache: list[Any], room: int) -> None:
+    """Make each plain KV cache layer hold ``room`` more tokens in a buffer whose length is a
+    multiple of the cache's ``step``, as a cache grown from empty always is.
+
+    A snapshot trimmed back to a shared prefix ends mid-buffer; mlx-lm grows such a cache to
+    ``offset + k * step``, a buffer length (hence memory strides) that nothing else produces.
+    MLX's CUDA backend builds its attention kernels per input layout, the first time ~80 ms
+    (measured with MLX 0.32.4 on an H200, Qwen3-0.6B shape, 226 tokens onto 579 cached: 90-100
+    ms at each new length, 15-17 ms once built), so every reused conversation turn would pay it.
+    Growing here to a multiple of ``step`` keeps the lengths to the few that fresh caches use;
+    it copies what mlx-lm's own growth would have copied, and nothing when the buffer fits."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import KVCache
+
+    for layer in cache:
+        if type(layer) is not KVCache or layer.keys is None:
+            continue
+        held, need = layer.offset, layer.offset + room
+        if layer.keys.shape[2] >= need:
+            continue
+        size = -(-need // layer.step) * layer.step
+
+        def grown(old: Any) -> Any:
+            new = mx.zeros((*old.shape[:2], size, old.shape[3]), old.dtype)
+            new[..., :held, :] = old[..., :held, :]
+            return new
+
+        layer.keys, layer.values = grown(layer.keys), grown(layer.values)
+
+
 def is_trimmable(cache: list[Any]) -> bool:
     return bool(cache) and all(layer.is_trimmable() for layer in cache)
 
