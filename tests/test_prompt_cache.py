@@ -255,6 +255,44 @@ def test_a_changed_history_does_not_reuse_the_stale_prefix(loaded, engines) -> N
         assert again.usage.cached_tokens == diverge
 
 
+class CountingModel:
+    """The model, counting forward passes."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.passes = model, 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.passes += 1
+        return self.model(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+
+def test_a_prompt_end_checkpoint_costs_no_extra_forward_pass(make_model) -> None:
+    """Gemma 4 (rotating caches): the first turn takes a checkpoint at the end of the history,
+    then runs the assistant's opening in one pass; no more passes than without any cache."""
+    import dataclasses
+
+    base = load(MlxModelConfig(str(make_model("gemma4_text", hidden_size=64, **MODELS["gemma4_text"]))))
+    messages = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+    passes = {}
+    texts = {}
+    for name, cache_bytes in (("cached", None), ("uncached", 0)):
+        counting = CountingModel(base.model)
+        loaded = dataclasses.replace(base, model=counting)
+        engine = Engine(loaded, queue_limit=1, prompt_cache_bytes=cache_bytes)
+        try:
+            texts[name] = generate(engine, loaded, messages, False, max_tokens=1).text
+            passes[name] = counting.passes
+            if name == "cached":
+                assert len(engine.prompt_cache) >= 1  # the checkpoint was taken
+        finally:
+            engine.close()
+    assert texts["cached"] == texts["uncached"]
+    assert passes["cached"] <= passes["uncached"], passes
+
+
 def test_logits_processors_see_the_whole_prompt_with_a_cached_prefix(loaded) -> None:
     engine = Engine(loaded, queue_limit=1)
     seen: list[int] = []

@@ -360,15 +360,18 @@ class Engine:
 
         max_tokens = max_new_tokens(loaded, n_prompt, params.max_tokens)
         sampler = self.sampler(params)
-        steps = generate_step(
-            mx.array(tokens[start:]),
-            loaded.model,
-            max_tokens=max_tokens,
-            sampler=sampler,
-            logits_processors=with_prefix(params.logits_processors, tokens[:start]),
-            prompt_cache=cache,
-            **inputs.step_kwargs,
-        )
+        if start > reused:  # a checkpoint took the history: the tail needs one pass, not two
+            steps = _steps_after_checkpoint(loaded.model, tokens, start, cache, sampler, params.logits_processors, max_tokens)
+        else:
+            steps = generate_step(
+                mx.array(tokens[start:]),
+                loaded.model,
+                max_tokens=max_tokens,
+                sampler=sampler,
+                logits_processors=with_prefix(params.logits_processors, tokens[:start]),
+                prompt_cache=cache,
+                **inputs.step_kwargs,
+            )
         fed: list[int] = []  # every token the model has taken in after the prompt
         reason = "length"
         alone = self._jobs.empty if may_hand_off and not inputs.step_kwargs else None
@@ -461,6 +464,46 @@ def _prefill(model: Any, tokens: list[int], cache: list[Any], step: int = 2048) 
             model(mx.array(tokens[start : start + step])[None], cache=cache)
             mx.eval([c.state for c in cache])
     mx.clear_cache()
+
+
+def _steps_after_checkpoint(
+    model: Any,
+    tokens: list[int],
+    start: int,
+    cache: list[Any],
+    sampler: Callable[..., Any],
+    processors: tuple[Callable[..., Any], ...],
+    max_tokens: int,
+) -> Iterator[tuple[int, Any]]:
+    """``generate_step``'s tokens for a prompt whose head ``tokens[:start]`` the cache already
+    holds (a checkpoint was just taken there). ``generate_step`` would run the tail (the
+    assistant's opening, a few tokens) in two forward passes, all but its last token and then
+    the last; this samples the first token from one pass over the whole tail, exactly as
+    ``generate_step``'s own step does, and lets ``generate_step`` go on from that token. The
+    checkpoint then costs a reused turn no extra pass over a fresh prompt (a forward pass has a
+    fixed cost of several ms on a GPU, whatever its length)."""
+    import mlx.core as mx
+    from mlx_lm.generate import generate_step, generation_stream
+
+    tail = mx.array(tokens[start:])
+    with mx.stream(generation_stream):
+        logits = model(tail[None], cache=cache)[:, -1, :]
+        for processor in with_prefix(processors, tokens[:start]) or ():
+            logits = processor(tail, logits)
+        logprobs = logits - mx.logsumexp(logits, keepdims=True)
+        first = sampler(logprobs)
+        mx.eval(first)
+    token = int(first.item())
+    yield token, logprobs.squeeze(0)
+    if max_tokens > 1:
+        yield from generate_step(
+            mx.array([token]),
+            model,
+            max_tokens=max_tokens - 1,
+            sampler=sampler,
+            logits_processors=with_prefix(processors, tokens),
+            prompt_cache=cache,
+        )
 
 
 def _materialize(model: Any) -> None:
