@@ -100,7 +100,8 @@ def warm_up(
     prompt length (measured with 0.32.4 on an H200: 40-100 ms the first time a 4-bit Qwen3-0.6B
     shape prefills a length, ~20 ms in bf16, 10-15 ms once seen), which must not land in measured
     runs. Two single-request rounds, prompts named like the measured ones, so that the part a
-    prompt-cache hit leaves to process has the measured length too."""
+    prompt-cache hit leaves to process has the measured length too (and so for the concurrent
+    clients' prompts)."""
     thinking = thinking_of(spec)
     for seed in (90, 91):
         text = measure.make_text(raw.tokenizer, plan.prompt_tokens, f"{spec.name}-single-{seed}")
@@ -111,7 +112,7 @@ def warm_up(
             measure.stream_once(measure.client_for(server), server.model, messages, plan.max_tokens, thinking)
     for n in plan.clients if concurrent else ():
         prompts = [
-            [{"role": "user", "content": measure.make_text(raw.tokenizer, plan.conc_prompt_tokens, f"warm-{n}-{i}")}]
+            [{"role": "user", "content": measure.make_text(raw.tokenizer, plan.conc_prompt_tokens, f"{spec.name}-c{n}-w-{i}")}]
             for i in range(n)
         ]
         raw.batch([measure.render(raw.tokenizer, messages, thinking) for messages in prompts], plan.conc_max_tokens)
