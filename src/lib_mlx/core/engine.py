@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import itertools
 import logging
 import os
@@ -193,10 +194,6 @@ class Engine:
         self._lock = threading.Lock()
         self._active: set[Generation] = set()
         self._closed = False
-        self._model_batchable: bool | None = None
-        self._checkpoints: bool | None = None
-        self._trimmable: bool | None = None
-        self._tails: list[tuple[int, ...]] = []
         _materialize(loaded.model)
         self._thread = threading.Thread(target=self._run, name=f"lib_mlx-engine-{loaded.model_id}", daemon=True)
         self._thread.start()
@@ -265,23 +262,25 @@ class Engine:
         """Batch when more than one request may be in flight and both model and prompt allow."""
         return self.queue_limit > 1 and self._batchable_model() and self.batchable(job)
 
-    def _batchable_model(self) -> bool:
-        if self._model_batchable is None:
-            from mlx_lm.models.cache import make_prompt_cache
+    @functools.cached_property
+    def _model_caches(self) -> list[Any]:
+        """A fresh cache of the model's kind, to read its layer types from (built once)."""
+        from mlx_lm.models.cache import make_prompt_cache
 
-            loaded = self.loaded
-            cache = make_prompt_cache(loaded.model)
-            self._model_batchable = loaded.vlm is None and bool(cache) and all(hasattr(c, "merge") for c in cache)
-        return self._model_batchable
+        return make_prompt_cache(self.loaded.model)
+
+    def _batchable_model(self) -> bool:
+        cache = self._model_caches
+        return self.loaded.vlm is None and bool(cache) and all(hasattr(c, "merge") for c in cache)
 
     def _always_trimmable(self) -> bool:
         """Whether every layer's cache can always be trimmed (plain KV caches), which moving a
         running request into a batch needs."""
-        if self._trimmable is None:
-            from mlx_lm.models.cache import make_prompt_cache
+        return not needs_checkpoints(self._model_caches)
 
-            self._trimmable = not needs_checkpoints(make_prompt_cache(self.loaded.model))
-        return self._trimmable
+    @functools.cached_property
+    def _tails(self) -> list[tuple[int, ...]]:
+        return generation_prompt_tails(self.loaded.tokenizer)
 
     @staticmethod
     def batchable(job: Job) -> bool:
@@ -292,14 +291,7 @@ class Engine:
         conversation, before the assistant's opening (``prompt_cache.history_end``), for models
         whose caches cannot be trimmed back there once generation has run
         (``prompt_cache.needs_checkpoints``); trimmable caches get the same from the final entry."""
-        if not self.prompt_cache.enabled:
-            return None
-        if self._checkpoints is None:
-            from mlx_lm.models.cache import make_prompt_cache
-
-            self._checkpoints = needs_checkpoints(make_prompt_cache(self.loaded.model))
-            self._tails = generation_prompt_tails(self.loaded.tokenizer)
-        if not self._checkpoints:
+        if not self.prompt_cache.enabled or self._always_trimmable():
             return None
         at = history_end(tokens, self._tails)
         return at if at > reused else None
