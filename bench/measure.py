@@ -206,10 +206,15 @@ def stream_once(
     t_first = t_last = 0.0
     usage = None
     times: list[float] = []
+    chunks = 0
+    finish: list[str | None] = []
     for chunk in stream:
+        chunks += 1
         if chunk.usage is not None:
             usage = chunk.usage
         for choice in chunk.choices:
+            if choice.finish_reason:
+                finish.append(choice.finish_reason)
             if _delta_has_token(choice.delta):
                 now = time.perf_counter()
                 if not t_first:
@@ -217,7 +222,10 @@ def stream_once(
                 t_last = now
                 times.append(now)
     if usage is None or not t_first:
-        raise RuntimeError("the stream carried no tokens or no usage")
+        raise RuntimeError(
+            f"the stream carried no tokens or no usage ({chunks} chunks, {len(times)} with a token, "
+            f"finish reasons {finish}, usage {usage})"
+        )
     details = getattr(usage, "prompt_tokens_details", None)
     cached = int(getattr(details, "cached_tokens", 0) or 0) if details is not None else 0
     n = usage.completion_tokens
@@ -323,5 +331,7 @@ def concurrent(server: Any, prompts: list[list[dict[str, Any]]], max_tokens: int
         thread.join()
     for result in results:
         if isinstance(result, BaseException):
-            raise result
+            log = getattr(server, "log", None)
+            tail = log.read_text(errors="replace")[-3000:] if log is not None and log.exists() else ""
+            raise RuntimeError(f"{server.name}: a client of {len(prompts)} failed; server log tail:\n{tail}") from result
     return Concurrent([r for r in results if isinstance(r, Sample)])

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from lib_mlx.core import ChatPrompt, SamplingParams
+from lib_mlx.core import ChatPrompt, SamplingParams, batching
 from lib_mlx.core.engine import Engine, Generation
 from lib_mlx.core.events import Done, ReasoningDelta, TextDelta
 from lib_mlx.core.loader import LoadedModel, load
@@ -41,9 +42,24 @@ def engine(loaded) -> Iterator[Engine]:
     engine.close()
 
 
-def submit(engine: Engine, loaded: LoadedModel, question: str, **params: Any) -> Generation:
-    rendered = render(loaded, ChatPrompt(messages=[{"role": "user", "content": question}]))
-    return engine.submit(rendered, SamplingParams(**{"temperature": 0.0, "ignore_eos": True, "max_tokens": 12, **params}))
+@pytest.fixture(params=[False, True], ids=["plain-layouts", "cuda-layouts"])
+def layout_rules(request, monkeypatch) -> bool:
+    """Also run with the rules for backends that build kernels per KV-buffer layout (CUDA):
+    a batched request keeps only whole cache steps of a reused or handed-over cache and runs
+    the rest again. Steps of 8 tokens here, so that these short prompts have some to keep."""
+    if request.param:
+        monkeypatch.setattr(batching, "layouts_compile", lambda: True)
+        monkeypatch.setattr(batching, "whole_step_prefix", lambda n, step=8: n - n % step)
+    return request.param
+
+
+def submit(
+    engine: Engine, loaded: LoadedModel, question: str | list[dict[str, Any]], arrival: Any = None, **params: Any
+) -> Generation:
+    messages = [{"role": "user", "content": question}] if isinstance(question, str) else question
+    rendered = render(loaded, ChatPrompt(messages=messages))
+    sampling = SamplingParams(**{"temperature": 0.0, "ignore_eos": True, "max_tokens": 12, **params})
+    return engine.submit(rendered, sampling, arrival=arrival)
 
 
 def collect(generation: Generation) -> tuple[str, Done]:
@@ -84,7 +100,7 @@ def test_requests_run_together_not_one_after_another(loaded, engine) -> None:
 
 
 @pytest.mark.parametrize("sampling", [{"temperature": 0.0}, {"temperature": 1.0, "seed": 7}], ids=["greedy", "seeded"])
-def test_a_request_joined_mid_answer_answers_as_if_alone(loaded, engine, sampling, caplog) -> None:
+def test_a_request_joined_mid_answer_answers_as_if_alone(loaded, engine, sampling, layout_rules, caplog) -> None:
     """A request that starts alone runs through generate_step; when a second arrives it moves
     into a batch (Qwen3's trimmable caches) or was batched from the start (Gemma 4's rotating
     ones). Either way its answer is the one it gives alone."""
@@ -106,6 +122,66 @@ def test_a_request_joined_mid_answer_answers_as_if_alone(loaded, engine, samplin
     assert collect(second)[1].usage.completion_tokens == 10
     moved = any("moves into a batch" in r.getMessage() for r in caplog.records)
     assert moved == (loaded.model_type == "qwen3")
+
+
+def test_a_batched_request_reusing_a_cache_answers_as_if_alone(loaded, layout_rules) -> None:
+    """The second turn of a chat joins a running request and reuses the first turn's cache (with
+    the CUDA rules: only whole steps of it); both answer as they would alone, uncached."""
+    turn1 = [{"role": "user", "content": QUESTIONS[1]}]
+    turn2 = [*turn1, {"role": "assistant", "content": "The Danube, the Rhine and the Loire."}, {"role": "user", "content": QUESTIONS[3]}]
+    alone = Engine(loaded, queue_limit=1, prompt_cache_bytes=0)
+    try:
+        want_long = collect(submit(alone, loaded, QUESTIONS[0], max_tokens=60))[0]
+        want = collect(submit(alone, loaded, turn2, max_tokens=20))[0]
+    finally:
+        alone.close()
+    engine = Engine(loaded, queue_limit=4)
+    try:
+        collect(submit(engine, loaded, turn1))
+        long = submit(engine, loaded, QUESTIONS[0], max_tokens=60)
+        events = iter(long)
+        head = [next(events)]  # decoding has begun
+        text, done = collect(submit(engine, loaded, turn2, max_tokens=20))
+        rest = list(events)
+    finally:
+        engine.close()
+    assert text == want
+    assert "".join(e.text for e in head + rest if isinstance(e, (TextDelta, ReasoningDelta))) == want_long
+    assert done.usage.cached_tokens > 0
+    if layout_rules and loaded.model_type == "qwen3":
+        assert done.usage.cached_tokens % 8 == 0
+
+
+def test_a_burst_announced_while_rendering_starts_as_one_batch(loaded, engine, caplog) -> None:
+    """The server announces each request while its prompt renders; the first one submitted
+    waits for the others (they come moments later) and all prefill together, rather than the
+    first alone and the rest after its first token."""
+    caplog.set_level(logging.DEBUG, logger="lib_mlx.engine")
+    arrivals = [engine.announce() for _ in range(3)]
+    first = submit(engine, loaded, QUESTIONS[0], arrivals[0])
+    time.sleep(0.01)  # the others are still rendering
+    rest = [submit(engine, loaded, q, a) for q, a in zip(QUESTIONS[1:], arrivals[1:])]
+    assert all(collect(g)[1].usage.completion_tokens == 12 for g in [first, *rest])
+    starts = [r.getMessage() for r in caplog.records if "a batch starts" in r.getMessage()]
+    assert starts == ["a batch starts with 3 requests"]
+    assert not any("moves into a batch" in r.getMessage() for r in caplog.records)
+    assert engine._announced == 0
+
+
+def test_an_announced_request_that_never_comes_holds_nobody_for_long(loaded, engine) -> None:
+    stray = engine.announce()  # e.g. its request failed validation after rendering
+    started = time.monotonic()
+    assert collect(submit(engine, loaded, QUESTIONS[2], max_tokens=2))[1].usage.completion_tokens == 2
+    assert time.monotonic() - started < 30  # not a hang: the wait is bounded
+    assert engine._announced == 1
+    stray.close()
+    stray.close()  # idempotent
+    assert engine._announced == 0
+    alone = Engine(loaded, queue_limit=1)
+    try:
+        assert alone.announce() is None  # nothing to batch with: nothing to wait for
+    finally:
+        alone.close()
 
 
 def test_each_request_keeps_its_own_sampling(loaded, engine) -> None:

@@ -224,6 +224,21 @@ def test_prompt_longer_than_the_context_is_400_context_length_exceeded(serve):
     s.assert_serving()
 
 
+def test_a_request_refused_after_rendering_leaves_no_announcement(serve, loaded):
+    """With batching on, the server announces a request to the engine while its prompt renders
+    (so that a burst prefills together); one refused after rendering must not leave the engine
+    waiting for it."""
+    from hardening_support import core_of
+
+    runtime, handle = loaded
+    s = serve(queue_limit=4)
+    long = [{"role": "user", "content": "hello " * (CONTEXT * 2)}]
+    assert_openai_error(s.post(chat_body(messages=long)), 400, "context_length_exceeded", "messages")
+    assert_openai_error(s.post(chat_body(messages=long, stream=True)), 400, "context_length_exceeded")
+    s.assert_serving()
+    assert core_of(runtime, handle).engine._announced == 0
+
+
 def test_max_tokens_beyond_the_context_is_clamped(serve, loaded):
     runtime, handle = loaded
     s = serve()

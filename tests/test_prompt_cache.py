@@ -15,7 +15,7 @@ from lib_mlx.core.engine import Engine
 from lib_mlx.core.events import Done, ReasoningDelta, TextDelta
 from lib_mlx.core.loader import LoadedModel, load
 from lib_mlx.core.prompt import render
-from lib_mlx.core.prompt_cache import PromptCache, generation_prompt_tails, history_end, reserve
+from lib_mlx.core.prompt_cache import PromptCache, generation_prompt_tails, history_end, reserve, round_batch_buffers
 from lib_mlx.config import MlxModelConfig
 
 
@@ -101,6 +101,31 @@ def test_reserve_grows_a_trimmed_cache_to_a_whole_number_of_steps() -> None:
     reserve([layer], 10)  # fits: untouched
     assert layer.keys is before
     reserve([KVCache()], 10)  # an empty cache grows on its own, aligned
+
+
+def test_batched_buffers_are_padded_to_whole_steps() -> None:
+    """A batch built from caches of any length (``merge``) or thinned out (``filter``) gets
+    buffers of whole steps again, holding the same keys and values."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import BatchKVCache, KVCache
+
+    layers = []
+    for n in (300, 37):
+        layer = KVCache()
+        layer.update_and_fetch(mx.random.normal((1, 2, n, 8)), mx.random.normal((1, 2, n, 4)))
+        layers.append(layer)
+    batch = BatchKVCache.merge(layers)
+    assert batch.keys.shape[2] == 300  # mlx-lm: exactly the longest
+    keys, values = (mx.array(a) for a in batch.keys_and_values())
+    round_batch_buffers([batch, KVCache()])
+    assert batch.keys.shape[2] == batch.values.shape[2] == 512
+    assert all(mx.array_equal(a, b) for a, b in zip(batch.keys_and_values(), (keys, values)))
+    batch.filter([1])  # drops the 263 tokens of padding the short one no longer shares
+    round_batch_buffers([batch])
+    assert batch.keys.shape[2] == 256 and batch.size() == 37
+    before = batch.keys
+    round_batch_buffers([batch])
+    assert batch.keys is before  # whole steps already: untouched
 
 
 def test_a_different_history_reuses_nothing() -> None:

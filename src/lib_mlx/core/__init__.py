@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from ..config import MlxModelConfig
-from .engine import Engine, Generation, SamplingParams
+from .engine import Arrival, Engine, Generation, SamplingParams
 from .loader import LoadedModel, load
 from .prompt import ChatPrompt, RenderedPrompt, render
 
@@ -32,14 +32,23 @@ class MlxCore:
     def render(self, prompt: ChatPrompt) -> RenderedPrompt:
         return render(self.loaded, prompt)
 
+    def announce(self) -> Arrival | None:
+        """A request is on its way (see ``Engine.announce``); pass the result to ``submit``."""
+        return self.engine.announce()
+
     def submit(
-        self, prompt: RenderedPrompt, params: SamplingParams, *, loop: asyncio.AbstractEventLoop | None = None
+        self,
+        prompt: RenderedPrompt,
+        params: SamplingParams,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        arrival: Arrival | None = None,
     ) -> Generation:
-        return self.engine.submit(prompt, params, loop=loop)
+        return self.engine.submit(prompt, params, loop=loop, arrival=arrival)
 
     def close(self) -> None:
         self.engine.close()
         self.loaded = None  # type: ignore[assignment]
 
 
-__all__ = ["ChatPrompt", "Generation", "MlxCore", "RenderedPrompt", "SamplingParams"]
+__all__ = ["Arrival", "ChatPrompt", "Generation", "MlxCore", "RenderedPrompt", "SamplingParams"]

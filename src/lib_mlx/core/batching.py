@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .decode import RequestStream
 from .events import Done, Failed, Usage
+from .prompt_cache import CacheHit, layouts_compile, round_batch_buffers, whole_step_prefix
 
 if TYPE_CHECKING:
     from .engine import Engine, Job
@@ -65,6 +66,9 @@ class BatchRunner:
         self.deferrals = 0
         self.leftovers: list["Job | None"] = []
         self.generator: Any = None
+        # On CUDA, keep the KV buffers to lengths the kernels were built for (see
+        # ``prompt_cache.reserve``), at the price of re-running part of a step of tokens.
+        self.whole_steps = layouts_compile() and engine._always_trimmable()
 
     def run(self, first: "Job | Handoff") -> list["Job | None"]:
         """Serve ``first`` and everything batchable that arrives meanwhile. Returns the queued
@@ -85,12 +89,15 @@ class BatchRunner:
                 self._take_over(first)
             else:
                 self._admit(first)
+            self._admit_waiting(defer=False)  # a burst: whoever came with the first prefills with it
+            log.debug("a batch starts with %d requests", len(self.active))
             while True:
                 self._admit_waiting()
                 self._drop_cancelled()
                 if not self.active:
                     break
                 prompt_responses, responses = self.generator.next()
+                self._round_buffers()
                 for r in prompt_responses:
                     if r.end_of_segment and not r.end_of_prompt:
                         self._checkpoint(r.uid)
@@ -109,8 +116,13 @@ class BatchRunner:
             self.generator = None
         return self.leftovers
 
+    def _round_buffers(self) -> None:
+        gen = self.generator
+        for batch in (getattr(gen, "_generation_batch", None), getattr(gen, "_prompt_batch", None)):
+            round_batch_buffers(getattr(batch, "prompt_cache", None) or ())
+
     # admission ------------------------------------------------------------------------
-    def _admit_waiting(self) -> None:
+    def _admit_waiting(self, *, defer: bool = True) -> None:
         """Take in the requests that arrived -- after the requests already admitted have their
         first token (for at most ``MAX_DEFERRALS`` steps). mlx-lm's batch runs a newcomer's
         prompt in the same step as everyone's next token, and pads prompt pieces to the longest:
@@ -119,7 +131,7 @@ class BatchRunner:
         jobs = self.engine._jobs
         if jobs.empty():
             return
-        if self.awaiting_first and self.deferrals < MAX_DEFERRALS:
+        if defer and self.awaiting_first and self.deferrals < MAX_DEFERRALS:
             self.deferrals += 1
             return
         self.deferrals = 0
@@ -141,6 +153,8 @@ class BatchRunner:
             loaded, params = self.loaded, job.params
             tokens = list(job.prompt.tokens)
             hit = self.store.fetch(tokens) if self.store.enabled else None
+            if hit is not None and self.whole_steps:
+                hit = _whole_steps_of(hit)
             reused = hit.reused if hit is not None else 0
             stream = RequestStream(job, loaded, cached_tokens=reused, release=self.engine.finish_job)
             at = self.engine.checkpoint_at(tokens, reused)
@@ -165,12 +179,19 @@ class BatchRunner:
         from .engine import _classify
 
         job = handoff.job
+        held, refeed = handoff.tokens, []
+        if self.whole_steps:  # the batch copies the cache into a buffer of its exact length
+            from mlx_lm.models.cache import trim_prompt_cache
+
+            keep = whole_step_prefix(len(held))
+            trim_prompt_cache(handoff.cache, len(held) - keep)
+            held, refeed = held[:keep], held[keep:]
         try:
             (uid,) = self.generator.insert_segments(
-                [[[handoff.last]]],
+                [[refeed + [handoff.last]]],
                 max_tokens=[handoff.remaining],
                 caches=[handoff.cache],
-                all_tokens=[handoff.tokens],
+                all_tokens=[held],
                 samplers=[handoff.sampler],
                 logits_processors=[tuple(job.params.logits_processors)],
             )
@@ -251,3 +272,15 @@ class BatchRunner:
             seq.job.generation._deliver([Failed(_classify(exc))])
         if cache is not None and tokens is not None and self.store.enabled:
             self.store.insert(list(tokens), cache)
+
+
+def _whole_steps_of(hit: CacheHit) -> CacheHit | None:
+    """The hit cut back to whole cache steps (``prompt_cache.whole_step_prefix``); None when
+    less than a step was reused."""
+    from mlx_lm.models.cache import trim_prompt_cache
+
+    keep = whole_step_prefix(hit.reused)
+    if keep == 0:
+        return None
+    trim_prompt_cache(hit.cache, hit.reused - keep)
+    return CacheHit(hit.cache, keep)

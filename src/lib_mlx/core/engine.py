@@ -161,6 +161,24 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_exception(TimeoutError())
 
 
+# How long the worker holds a request for others announced as on their way (their prompts are
+# rendering), so that a burst of requests prefills as one batch. Only ever while another request
+# is announced; a prompt renders in a few ms.
+ARRIVAL_WAIT = 0.05
+
+
+class Arrival:
+    """A request on its way to ``Engine.submit``: announced while its prompt renders, closed by
+    ``submit`` (or ``close()`` if it never gets there; idempotent)."""
+
+    def __init__(self, engine: "Engine") -> None:
+        self._engine = engine
+        self.open = True
+
+    def close(self) -> None:
+        self._engine._arrived(self)
+
+
 @dataclass
 class Job:
     prompt: RenderedPrompt
@@ -192,6 +210,8 @@ class Engine:
         self.prompt_cache = PromptCache(prompt_cache_bytes, prompt_cache_entries)
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
+        self._arrivals_changed = threading.Condition(self._lock)
+        self._announced = 0  # open ``Arrival``s
         self._active: set[Generation] = set()
         self._closed = False
         _materialize(loaded.model)
@@ -205,18 +225,47 @@ class Engine:
         with self._lock:
             return len(self._active)
 
+    def announce(self) -> Arrival | None:
+        """Say that a request is on its way (its prompt is rendering): a request that reaches
+        the worker meanwhile waits for it (at most ``ARRIVAL_WAIT``) so that the two prefill
+        as one batch instead of one after the other. None where nothing is batched."""
+        if self.queue_limit <= 1:
+            return None
+        with self._lock:
+            if self._closed:
+                return None
+            self._announced += 1
+        return Arrival(self)
+
+    def _arrived(self, arrival: Arrival) -> None:
+        with self._lock:
+            self._close_arrival(arrival)
+
+    def _close_arrival(self, arrival: Arrival | None) -> None:  # holding the lock
+        if arrival is not None and arrival.open:
+            arrival.open = False
+            self._announced -= 1
+            self._arrivals_changed.notify_all()
+
     def submit(
-        self, prompt: RenderedPrompt, params: SamplingParams, *, loop: asyncio.AbstractEventLoop | None = None
+        self,
+        prompt: RenderedPrompt,
+        params: SamplingParams,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        arrival: Arrival | None = None,
     ) -> Generation:
-        """Queue a generation or raise ``QueueFullError`` when ``queue_limit`` are in flight."""
+        """Queue a generation or raise ``QueueFullError`` when ``queue_limit`` are in flight.
+        Closes ``arrival`` (the request's announcement) either way."""
         generation = Generation(loop)
         with self._lock:
+            self._close_arrival(arrival)
             if self._closed:
                 raise CancelledError("the model is unloading")
             if len(self._active) >= self.queue_limit:
                 raise QueueFullError()
             self._active.add(generation)
-        self._jobs.put(Job(prompt, params, generation))
+            self._jobs.put(Job(prompt, params, generation))  # queued before the worker wakes
         return generation
 
     def cancel_all(self) -> None:
@@ -229,6 +278,7 @@ class Engine:
         """Cancel everything, stop the worker and wait for it."""
         with self._lock:
             self._closed = True
+            self._arrivals_changed.notify_all()
         self.cancel_all()
         self._jobs.put(None)
         if threading.current_thread() is not self._thread:
@@ -249,6 +299,7 @@ class Engine:
                 if not self._batching(job):
                     self._run_one(job)
                     continue
+                self._await_announced()
                 first: Job | Handoff | None = job
                 if self._jobs.empty() and self._always_trimmable():
                     first = self._run_one(job, may_hand_off=True)  # alone, until company comes
@@ -257,6 +308,13 @@ class Engine:
         finally:
             self.prompt_cache.clear()  # MLX arrays die on the thread that made them
             _unwire(old_wired_limit)
+
+    def _await_announced(self) -> None:
+        """Give requests announced as on their way (``announce``) up to ``ARRIVAL_WAIT`` to
+        reach the queue: a burst then starts as one batch, every prompt in one prefill, where
+        the first would otherwise prefill alone and the rest after its first token."""
+        with self._lock:
+            self._arrivals_changed.wait_for(lambda: self._announced <= 0 or self._closed, ARRIVAL_WAIT)
 
     def _batching(self, job: Job) -> bool:
         """Batch when more than one request may be in flight and both model and prompt allow."""
@@ -581,4 +639,4 @@ def _recover_after_failure() -> None:
         log.exception("could not reset MLX state after a failed generation")
 
 
-__all__ = ["Engine", "Generation", "SamplingParams", "max_new_tokens"]
+__all__ = ["Arrival", "Engine", "Generation", "SamplingParams", "max_new_tokens"]

@@ -83,6 +83,49 @@ def reserve(cache: list[Any], room: int) -> None:
         layer.keys, layer.values = grown(layer.keys), grown(layer.values)
 
 
+def layouts_compile() -> bool:
+    """Whether the backend builds kernels per KV-buffer layout (MLX's CUDA backend does, see
+    ``reserve``), so that re-running up to a step of tokens is cheaper than meeting a new layout.
+    Metal and the CPU do not: there the tokens are worth more than the layout."""
+    try:
+        import mlx.core as mx
+
+        return bool(mx.default_device() == mx.gpu and mx.cuda.is_available())
+    except Exception:  # noqa: BLE001 - an MLX without the cuda module has no CUDA backend
+        return False
+
+
+def whole_step_prefix(reused: int, step: int = 256) -> int:
+    """The longest prefix of ``reused`` tokens that fills whole cache steps: a batched request
+    keeps only that much of a reused cache where layouts compile (``layouts_compile``), because
+    mlx-lm's ``BatchKVCache.merge`` copies a reused cache into a buffer of exactly its length,
+    and every length is a new layout."""
+    return reused - reused % step
+
+
+def round_batch_buffers(layers: Sequence[Any]) -> None:
+    """Pad every batched KV layer's buffer out to a whole number of steps (zeros past the
+    tokens it holds, which nothing reads).
+
+    mlx-lm's ``BatchKVCache`` gets buffers of any length when caches join a batch (``merge``:
+    exactly the longest history; ``extend``: the longer of two buffers) or leave it
+    (``filter`` drops shared left padding). Its growth only keeps whole steps from a buffer
+    that already has them, so one odd length lives on for the rest of the batch, and on CUDA
+    each one costs a kernel build (see ``reserve``) in the middle of everyone's decoding. Done
+    between steps; a copy only when a layer's length is off."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import BatchKVCache
+
+    for layer in layers:
+        if type(layer) is not BatchKVCache or layer.keys is None:
+            continue
+        size = layer.keys.shape[2]
+        extra = -size % layer.step
+        if extra:
+            pad = [(0, 0), (0, 0), (0, extra), (0, 0)]
+            layer.keys, layer.values = mx.pad(layer.keys, pad), mx.pad(layer.values, pad)
+
+
 def is_trimmable(cache: list[Any]) -> bool:
     return bool(cache) and all(layer.is_trimmable() for layer in cache)
 

@@ -21,7 +21,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import MlxServerConfig
-from ..core import Generation, MlxCore, RenderedPrompt, SamplingParams
+from ..core import Arrival, Generation, MlxCore, RenderedPrompt, SamplingParams
 from ..errors import (
     ContextLengthExceededError,
     InvalidJsonError,
@@ -97,12 +97,24 @@ class ServerContext:
             )
 
     async def render(self, prompt: Any) -> RenderedPrompt:
-        return await asyncio.to_thread(self.core.render, prompt)
+        """Render in a thread, the request announced to the engine meanwhile (requests of a
+        burst render side by side; the first to be submitted then waits for the others, so that
+        they prefill as one batch). The request's watch closes the announcement at the latest."""
+        watch = _request_watch.get()
+        if watch is not None and watch.arrival is None:
+            watch.arrival = self.core.announce()
+        try:
+            return await asyncio.to_thread(self.core.render, prompt)
+        except BaseException:
+            if watch is not None and watch.arrival is not None:
+                watch.arrival.close()
+            raise
 
     def submit(self, rendered: RenderedPrompt, params: SamplingParams) -> Generation:
-        generation = self.core.submit(rendered, params, loop=asyncio.get_running_loop())
-        self.generations.add(generation)
         watch = _request_watch.get()
+        arrival = watch.arrival if watch is not None else None
+        generation = self.core.submit(rendered, params, loop=asyncio.get_running_loop(), arrival=arrival)
+        self.generations.add(generation)
         if watch is not None:
             watch.track(generation)
         return generation
@@ -132,6 +144,7 @@ class DisconnectWatch:
         self._listener: asyncio.Task[Message] | None = None
         self._generations: list[Generation] = []
         self.disconnected = False
+        self.arrival: Arrival | None = None  # the request announced to the engine (``render``)
 
     async def receive(self) -> Message:
         if self._listener is not None:
@@ -161,6 +174,8 @@ class DisconnectWatch:
             generation.cancel()
 
     def close(self) -> None:
+        if self.arrival is not None:
+            self.arrival.close()  # never submitted (an invalid request): nobody waits for it
         if self._listener is not None and not self._listener.done():
             self._listener.cancel()
 
