@@ -152,6 +152,26 @@ def test_a_batched_request_reusing_a_cache_answers_as_if_alone(loaded, layout_ru
         assert done.usage.cached_tokens % 8 == 0
 
 
+def test_on_cuda_a_batch_reuses_whole_steps_of_a_cache_or_nothing(make_model) -> None:
+    """Where kernels are built per KV-buffer layout, a batched request keeps whole 256-token
+    steps of a trimmable hit, and a sliding-window hit (which cannot be cut) only if it holds
+    at least a step: less saves a GPU nothing and costs a kernel build."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    from lib_mlx.core.prompt_cache import CacheHit
+
+    loaded = load(MlxModelConfig(str(make_model("qwen3", hidden_size=64, num_layers=2))))
+    cache = make_prompt_cache(loaded.model)
+    import mlx.core as mx
+
+    loaded.model(mx.zeros((1, 600), dtype=mx.int32), cache=cache)
+    kept = batching._whole_steps_of(CacheHit(cache, 600))
+    assert kept is not None and kept.reused == 512 and cache[0].offset == 512
+    assert batching._whole_steps_of(CacheHit(make_prompt_cache(loaded.model), 255)) is None
+    assert batching._at_least_a_step(CacheHit([], 255)) is None
+    assert batching._at_least_a_step(CacheHit([], 300)) is not None
+
+
 def test_a_burst_announced_while_rendering_starts_as_one_batch(loaded, engine, caplog) -> None:
     """The server announces each request while its prompt renders; the first one submitted
     waits for the others (they come moments later) and all prefill together, rather than the

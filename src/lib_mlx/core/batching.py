@@ -68,7 +68,8 @@ class BatchRunner:
         self.generator: Any = None
         # On CUDA, keep the KV buffers to lengths the kernels were built for (see
         # ``prompt_cache.reserve``), at the price of re-running part of a step of tokens.
-        self.whole_steps = layouts_compile() and engine._always_trimmable()
+        self.layouts_compile = layouts_compile()
+        self.whole_steps = self.layouts_compile and engine._always_trimmable()
 
     def run(self, first: "Job | Handoff") -> list["Job | None"]:
         """Serve ``first`` and everything batchable that arrives meanwhile. Returns the queued
@@ -153,8 +154,8 @@ class BatchRunner:
             loaded, params = self.loaded, job.params
             tokens = list(job.prompt.tokens)
             hit = self.store.fetch(tokens) if self.store.enabled else None
-            if hit is not None and self.whole_steps:
-                hit = _whole_steps_of(hit)
+            if hit is not None and self.layouts_compile:
+                hit = _whole_steps_of(hit) if self.whole_steps else _at_least_a_step(hit)
             reused = hit.reused if hit is not None else 0
             stream = RequestStream(job, loaded, cached_tokens=reused, release=self.engine.finish_job)
             at = self.engine.checkpoint_at(tokens, reused)
@@ -284,3 +285,10 @@ def _whole_steps_of(hit: CacheHit) -> CacheHit | None:
         return None
     trim_prompt_cache(hit.cache, hit.reused - keep)
     return CacheHit(hit.cache, keep)
+
+
+def _at_least_a_step(hit: CacheHit) -> CacheHit | None:
+    """For caches that cannot be cut back to whole steps (sliding windows): the hit if it
+    holds at least a step of tokens. Less saves a GPU nothing (a forward pass costs about the
+    same for 10 tokens as for 200) and lands the batch on a buffer length of its own."""
+    return hit if whole_step_prefix(hit.reused) > 0 else None
