@@ -10,6 +10,12 @@ hit in and final cache out (plus the prompt-end checkpoint where the model needs
 
 A request that cannot join a batch (media in the prompt) ends admission: the running batch
 finishes, and the engine runs that request alone, keeping arrival order.
+
+Requests already waiting when a run starts (a burst: the engine holds the first for those the
+server announced, ``Engine.announce``) join its first prefill. On CUDA, where MLX builds kernels
+per KV-buffer layout, the batch's buffers are kept to whole steps (``round_batch_buffers``, and
+only whole steps of a reused or handed-over cache), so that requests joining and leaving do not
+stall everyone's decoding with kernel builds.
 """
 
 from __future__ import annotations
@@ -124,11 +130,13 @@ class BatchRunner:
 
     # admission ------------------------------------------------------------------------
     def _admit_waiting(self, *, defer: bool = True) -> None:
-        """Take in the requests that arrived -- after the requests already admitted have their
-        first token (for at most ``MAX_DEFERRALS`` steps). mlx-lm's batch runs a newcomer's
-        prompt in the same step as everyone's next token, and pads prompt pieces to the longest:
-        a request admitted moments after another would hold back that one's first token for its
-        own prompt and pad the other's last few prompt tokens out to its whole prompt."""
+        """Take in the requests that arrived -- with ``defer``, after the requests already
+        admitted have their first token (for at most ``MAX_DEFERRALS`` steps). mlx-lm's batch
+        runs a newcomer's prompt in the same step as everyone's next token, and pads prompt
+        pieces to the longest: a request admitted moments after another would hold back that
+        one's first token for its own prompt and pad the other's last few prompt tokens out to
+        its whole prompt. Without ``defer`` (a run's start: none has begun its prompt yet) they
+        all prefill together."""
         jobs = self.engine._jobs
         if jobs.empty():
             return
