@@ -190,10 +190,7 @@ class BatchRunner:
         job = handoff.job
         held, refeed = handoff.tokens, []
         if self.whole_steps:  # the batch copies the cache into a buffer of its exact length
-            from mlx_lm.models.cache import trim_prompt_cache
-
-            keep = whole_step_prefix(len(held))
-            trim_prompt_cache(handoff.cache, len(held) - keep)
+            keep = _cut_to_whole_steps(handoff.cache, len(held))
             held, refeed = held[:keep], held[keep:]
         try:
             (uid,) = self.generator.insert_segments(
@@ -283,16 +280,20 @@ class BatchRunner:
             self.store.insert(list(tokens), cache)
 
 
-def _whole_steps_of(hit: CacheHit) -> CacheHit | None:
-    """The hit cut back to whole cache steps (``prompt_cache.whole_step_prefix``); None when
-    less than a step was reused."""
+def _cut_to_whole_steps(cache: list[Any], held: int) -> int:
+    """Trim a (trimmable) cache holding ``held`` tokens back to whole cache steps
+    (``prompt_cache.whole_step_prefix``); returns how many tokens it keeps."""
     from mlx_lm.models.cache import trim_prompt_cache
 
-    keep = whole_step_prefix(hit.reused)
-    if keep == 0:
-        return None
-    trim_prompt_cache(hit.cache, hit.reused - keep)
-    return CacheHit(hit.cache, keep)
+    keep = whole_step_prefix(held)
+    trim_prompt_cache(cache, held - keep)
+    return keep
+
+
+def _whole_steps_of(hit: CacheHit) -> CacheHit | None:
+    """The hit cut back to whole cache steps; None when less than a step was reused."""
+    keep = _cut_to_whole_steps(hit.cache, hit.reused)
+    return CacheHit(hit.cache, keep) if keep else None
 
 
 def _at_least_a_step(hit: CacheHit) -> CacheHit | None:
