@@ -42,15 +42,17 @@ def engine(loaded) -> Iterator[Engine]:
     engine.close()
 
 
-@pytest.fixture(params=[False, True], ids=["plain-layouts", "cuda-layouts"])
-def layout_rules(request, monkeypatch) -> bool:
+@pytest.fixture(params=[0, 8, 256], ids=["plain-layouts", "cuda-layouts", "cuda-layouts-no-whole-step"])
+def layout_rules(request, monkeypatch) -> int:
     """Also run with the rules for backends that build kernels per KV-buffer layout (CUDA):
     a batched request keeps only whole cache steps of a reused or handed-over cache and runs
-    the rest again. Steps of 8 tokens here, so that these short prompts have some to keep."""
-    if request.param:
+    the rest again. With steps of 8 tokens these short prompts have some to keep; with CUDA's
+    real 256 nothing is kept (a short chat on a GPU)."""
+    step = request.param
+    if step:
         monkeypatch.setattr(batching, "layouts_compile", lambda: True)
-        monkeypatch.setattr(batching, "whole_step_prefix", lambda n, step=8: n - n % step)
-    return request.param
+        monkeypatch.setattr(batching, "whole_step_prefix", lambda n: n - n % step)
+    return step
 
 
 def submit(
@@ -147,9 +149,13 @@ def test_a_batched_request_reusing_a_cache_answers_as_if_alone(loaded, layout_ru
         engine.close()
     assert text == want
     assert "".join(e.text for e in head + rest if isinstance(e, (TextDelta, ReasoningDelta))) == want_long
-    assert done.usage.cached_tokens > 0
-    if layout_rules and loaded.model_type == "qwen3":
-        assert done.usage.cached_tokens % 8 == 0
+    step, cached = layout_rules, done.usage.cached_tokens
+    if step > len(render(loaded, ChatPrompt(messages=turn2)).tokens):
+        assert cached == 0  # under a step to reuse: run again rather than meet a new layout
+    else:
+        assert cached > 0
+        if step and loaded.model_type == "qwen3":  # trimmable: whole steps of it
+            assert cached % step == 0
 
 
 def test_on_cuda_a_batch_reuses_whole_steps_of_a_cache_or_nothing(make_model) -> None:
