@@ -33,6 +33,10 @@ class FakeLayer:
     def nbytes(self) -> int:
         return self.offset * self.bytes_per_token
 
+    @property
+    def state(self) -> tuple[()]:
+        return ()  # what the store evaluates on insert: no MLX arrays here
+
     def is_trimmable(self) -> bool:
         return self.trimmable
 
@@ -101,6 +105,35 @@ def test_reserve_grows_a_trimmed_cache_to_a_whole_number_of_steps() -> None:
     reserve([layer], 10)  # fits: untouched
     assert layer.keys is before
     reserve([KVCache()], 10)  # an empty cache grows on its own, aligned
+
+
+def test_an_entry_taken_out_of_a_batch_does_not_keep_the_batch_alive() -> None:
+    """mlx-lm's ``extract`` hands a request's cache out of a batch as a lazy copy of its rows;
+    stored unevaluated it would pin the whole batch's buffers (all rows, spare room included)
+    while counting only its own bytes. The store computes it on insert."""
+    import gc
+
+    import mlx.core as mx
+    from mlx_lm.models.cache import BatchKVCache, KVCache
+
+    layers = []
+    for n in (300, 200):
+        layer = KVCache()
+        layer.update_and_fetch(mx.random.normal((1, 2, n, 64)), mx.random.normal((1, 2, n, 64)))
+        layers.append(layer)
+    batch = BatchKVCache.merge(layers)
+    round_batch_buffers([batch])
+    mx.eval(batch.keys, batch.values)
+    del layers
+    gc.collect()
+    before = mx.get_active_memory()
+    batch_bytes = batch.nbytes
+    store = PromptCache(1 << 30)
+    store.insert(list(range(200)), [batch.extract(1)])
+    del batch
+    gc.collect()
+    assert store.nbytes == 2 * 200 * 2 * 64 * 4  # keys and values of its own 200 tokens
+    assert mx.get_active_memory() <= before - batch_bytes + store.nbytes
 
 
 def test_batched_buffers_are_padded_to_whole_steps() -> None:

@@ -139,6 +139,16 @@ def needs_checkpoints(cache: list[Any]) -> bool:
     return not all(type(layer) in (KVCache, QuantizedKVCache) for layer in cache)
 
 
+def _compute(cache: list[Any]) -> None:
+    """Evaluate what the cache holds. A cache taken out of a batch (mlx-lm's ``extract``) is a
+    lazy copy of its rows of the batch's buffers; kept unevaluated, it would keep those whole
+    buffers (every row, every step of room) alive behind an entry that counts only its own
+    bytes."""
+    import mlx.core as mx
+
+    mx.eval([layer.state for layer in cache])
+
+
 def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
     n = min(len(a), len(b))
     if n == 0:
@@ -243,6 +253,7 @@ class PromptCache:
             return
         if snapshot:
             cache = copy.deepcopy(cache)
+        _compute(cache)
         entry = _Entry(np.asarray(tokens, dtype=np.int64), cache, nbytes, is_trimmable(cache))
         # Entries that are prefixes of the new one are redundant when it can be trimmed back to
         # them; an identical token list is replaced.
