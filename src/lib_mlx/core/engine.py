@@ -305,6 +305,9 @@ class Engine:
                     first = self._run_one(job, may_hand_off=True)  # alone, until company comes
                 if first is not None:
                     backlog.extend(BatchRunner(self).run(first))
+                # Hold nothing of a finished request while waiting for the next one: a handed-over
+                # request's own KV cache would otherwise stay alive until then.
+                job = first = None
         finally:
             self.prompt_cache.clear()  # MLX arrays die on the thread that made them
             _unwire(old_wired_limit)
