@@ -107,6 +107,19 @@ def test_reserve_grows_a_trimmed_cache_to_a_whole_number_of_steps() -> None:
     reserve([KVCache()], 10)  # an empty cache grows on its own, aligned
 
 
+def merged_batch(lengths: tuple[int, ...], *, key_dim: int, value_dim: int) -> Any:
+    """mlx-lm's batch cache made of one filled KV cache per length (2 heads, random values)."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import BatchKVCache, KVCache
+
+    layers = []
+    for n in lengths:
+        layer = KVCache()
+        layer.update_and_fetch(mx.random.normal((1, 2, n, key_dim)), mx.random.normal((1, 2, n, value_dim)))
+        layers.append(layer)
+    return BatchKVCache.merge(layers)
+
+
 def test_an_entry_taken_out_of_a_batch_does_not_keep_the_batch_alive() -> None:
     """mlx-lm's ``extract`` hands a request's cache out of a batch as a lazy copy of its rows;
     stored unevaluated it would pin the whole batch's buffers (all rows, spare room included)
@@ -114,17 +127,10 @@ def test_an_entry_taken_out_of_a_batch_does_not_keep_the_batch_alive() -> None:
     import gc
 
     import mlx.core as mx
-    from mlx_lm.models.cache import BatchKVCache, KVCache
 
-    layers = []
-    for n in (300, 200):
-        layer = KVCache()
-        layer.update_and_fetch(mx.random.normal((1, 2, n, 64)), mx.random.normal((1, 2, n, 64)))
-        layers.append(layer)
-    batch = BatchKVCache.merge(layers)
+    batch = merged_batch((300, 200), key_dim=64, value_dim=64)
     round_batch_buffers([batch])
     mx.eval(batch.keys, batch.values)
-    del layers
     gc.collect()
     before = mx.get_active_memory()
     batch_bytes = batch.nbytes
@@ -140,14 +146,9 @@ def test_batched_buffers_are_padded_to_whole_steps() -> None:
     """A batch built from caches of any length (``merge``) or thinned out (``filter``) gets
     buffers of whole steps again, holding the same keys and values."""
     import mlx.core as mx
-    from mlx_lm.models.cache import BatchKVCache, KVCache
+    from mlx_lm.models.cache import KVCache
 
-    layers = []
-    for n in (300, 37):
-        layer = KVCache()
-        layer.update_and_fetch(mx.random.normal((1, 2, n, 8)), mx.random.normal((1, 2, n, 4)))
-        layers.append(layer)
-    batch = BatchKVCache.merge(layers)
+    batch = merged_batch((300, 37), key_dim=8, value_dim=4)
     assert batch.keys.shape[2] == 300  # mlx-lm: exactly the longest
     keys, values = (mx.array(a) for a in batch.keys_and_values())
     round_batch_buffers([batch, KVCache()])
