@@ -1,7 +1,8 @@
 """LibMlxRuntime: the lifecycle (load, serve, stop, status, unload) over handles.
 
 Thread-safe. A table lock guards the handle map only; each handle has its own lock so that a
-long load or stop on one model never blocks status calls on another.
+long load or stop on one model never blocks status calls on another. A handle's model lives in a
+``ModelSlot`` (``slot.py``): loading in the background, ready, sleeping after an idle unload.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from .config import MlxModelConfig, MlxServerConfig, ServerInfo
 from .errors import ServerNotRunningError, UnknownHandleError
+from .slot import ModelSlot
 
 if TYPE_CHECKING:
     import openai
 
-    from .core import MlxCore
+    from .idle import IdleWatcher
     from .server import ServerHandle
 
 
@@ -25,8 +27,9 @@ if TYPE_CHECKING:
 class _Entry:
     handle: int
     config: MlxModelConfig
-    core: "MlxCore"
+    slot: ModelSlot
     server: "ServerHandle | None" = None
+    idle: "IdleWatcher | None" = None
     lock: threading.RLock = field(default_factory=threading.RLock)
     unloaded: bool = False
 
@@ -40,28 +43,44 @@ class LibMlxRuntime:
         self._ids = itertools.count(1)
 
     # lifecycle ----------------------------------------------------------------------------
-    def load_model(self, config: MlxModelConfig) -> int:
-        """Load a model (blocking) and return its handle (ints from 1)."""
-        from .core import MlxCore
+    def load_model(self, config: MlxModelConfig, *, wait: bool | None = None) -> int:
+        """Load a model and return its handle (ints from 1). ``wait`` (default
+        ``config.wait``, True) blocks until it is ready and raises a failed load's error; False
+        returns at once: ``server_status`` then shows the load's progress and outcome."""
+        from .core.loader import check_model_dir
 
-        core = MlxCore.load(config)
+        wait = config.wait if wait is None else wait
+        if config.model_path:
+            check_model_dir(config.model_path)  # a wrong path fails at once, waiting or not
+        slot = ModelSlot(config)
+        if wait:
+            slot.load_now()
         with self._lock:
             handle = next(self._ids)
-            self._entries[handle] = _Entry(handle, config, core)
+            self._entries[handle] = _Entry(handle, config, slot)
+        if not wait:
+            slot.load_in_background()
         return handle
 
     def start_server(self, handle: int, config: MlxServerConfig | None = None) -> ServerInfo:
-        """Start the HTTP server for ``handle``; if it already runs, return its info."""
+        """Start the HTTP server for ``handle``; if it already runs, return its info. On a
+        handle still loading, ``config.wait`` (default) waits for the model (raising a failed
+        load's error); ``wait: false`` listens at once and answers 503 until it is ready."""
+        from .idle import IdleWatcher
         from .server import ServerHandle
 
+        settings = config or MlxServerConfig()
         entry = self._entry(handle)
+        if settings.wait:
+            entry.slot.wait_ready()  # outside the handle's lock: status calls go on meanwhile
         with entry.lock:
             self._check_alive(entry)
             if entry.server is not None and entry.server.running:
                 return entry.server.info
-            settings = config or MlxServerConfig()
-            entry.core.engine.queue_limit = settings.queue_limit
-            entry.server = ServerHandle(entry.core, settings)
+            entry.slot.set_queue_limit(settings.queue_limit)
+            entry.server = ServerHandle(entry.slot, settings)  # type: ignore[arg-type]
+            if settings.idle_unload_s:
+                entry.idle = IdleWatcher(entry.slot, settings.idle_unload_s)
             return entry.server.info
 
     def stop_server(self, handle: int) -> bool:
@@ -83,23 +102,20 @@ class LibMlxRuntime:
             server_body: dict[str, Any] = {"status": "running" if running else "stopped"}
             if running and server is not None:
                 server_body.update(server.info.to_dict())
-            loaded = entry.core.loaded
+            slot = entry.slot
+            loaded = slot.loaded
+            if entry.idle is not None:
+                server_body["idle_unload_s"] = entry.idle.idle_s
+            vlm = getattr(loaded, "vlm", None)
             return {
                 "handle": handle,
-                "model": {
-                    "status": "ready",
-                    "model_id": loaded.model_id,
-                    "model_path": str(loaded.model_path),
-                    "model_type": loaded.model_type,
-                    "context_length": loaded.context_length,
-                    "thinking_enabled": loaded.thinking_enabled,
-                },
+                "model": slot.describe(),
                 "server": server_body,
-                "in_flight": entry.core.engine.in_flight,
+                "in_flight": slot.in_flight,
                 "memory": memory_info().to_dict(),
                 # Vision/audio towers: which are resident and the bytes they take (null for a
-                # text-only model).
-                "multimodal": loaded.vlm.status() if getattr(loaded, "vlm", None) is not None else None,
+                # text-only model, or one not loaded now).
+                "multimodal": vlm.status() if vlm is not None else None,
             }
 
     def unload_model(self, handle: int) -> None:
@@ -113,8 +129,7 @@ class LibMlxRuntime:
             entry.unloaded = True
             with self._lock:
                 self._entries.pop(handle, None)
-            entry.core.close()
-            entry.core = None  # type: ignore[assignment]
+            entry.slot.close()  # cancels a load in progress
         del entry
         release_memory()
 
@@ -163,6 +178,9 @@ class LibMlxRuntime:
 
     @staticmethod
     def _stop(entry: _Entry) -> bool:
+        idle, entry.idle = entry.idle, None
+        if idle is not None:
+            idle.stop()
         server, entry.server = entry.server, None
         if server is None:
             return False

@@ -7,6 +7,8 @@ import asyncio
 from ..config import MlxModelConfig
 from .engine import Arrival, Engine, Generation, SamplingParams
 from .loader import LoadedModel, load
+from .memory_guard import check_request_fits
+from .progress import LoadCancelled, LoadProgress
 from .prompt import ChatPrompt, RenderedPrompt, render
 
 
@@ -18,16 +20,28 @@ class MlxCore:
         self.engine = Engine(loaded, queue_limit=queue_limit)
 
     @classmethod
-    def load(cls, config: MlxModelConfig) -> "MlxCore":
-        return cls(load(config))
+    def load(cls, config: MlxModelConfig, progress: LoadProgress | None = None) -> "MlxCore":
+        progress = progress or LoadProgress()
+        loaded = load(config, progress)
+        progress.enter("warmup")
+        return cls(loaded)
 
     @property
     def model_id(self) -> str:
         return self.loaded.model_id
 
     @property
+    def in_flight(self) -> int:
+        return self.engine.in_flight
+
+    @property
     def context_length(self) -> int:
         return self.loaded.context_length
+
+    def check_request(self, n_prompt: int, max_tokens: int | None) -> None:
+        """400 ``context_length_exceeded`` before any work when the request's KV cache would
+        pass the per-request budget (``core.memory_guard``)."""
+        check_request_fits(self.loaded.kv_bytes_per_token, self.loaded.kv_budget_bytes, n_prompt, max_tokens)
 
     def render(self, prompt: ChatPrompt) -> RenderedPrompt:
         return render(self.loaded, prompt)
@@ -51,4 +65,13 @@ class MlxCore:
         self.loaded = None  # type: ignore[assignment]
 
 
-__all__ = ["Arrival", "ChatPrompt", "Generation", "MlxCore", "RenderedPrompt", "SamplingParams"]
+__all__ = [
+    "Arrival",
+    "ChatPrompt",
+    "Generation",
+    "LoadCancelled",
+    "LoadProgress",
+    "MlxCore",
+    "RenderedPrompt",
+    "SamplingParams",
+]

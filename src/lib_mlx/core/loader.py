@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import MlxModelConfig
 from ..errors import ModelLoadError, ModelNotFoundError
+from . import memory_guard
 from .parsers import ParserSpec, parser_spec_from_tokenizer
+from .progress import LoadCancelled, LoadProgress
 
 log = logging.getLogger("lib_mlx.loader")
 
@@ -34,6 +37,9 @@ class LoadedModel:
     # A model with vision/audio towers: the ``core.vlm.VlmModel`` (``model`` is then its
     # mlx-lm-shaped language half and ``tokenizer`` its mlx-lm tokenizer).
     vlm: Any = None
+    # The memory guard's figures for one request's KV cache (``core.memory_guard``).
+    kv_bytes_per_token: int = 0
+    kv_budget_bytes: int = 0
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -45,37 +51,36 @@ class LoadedModel:
         return str(self.config.get("model_type", "unknown"))
 
 
-def resolve_model_path(config: MlxModelConfig) -> Path:
-    """A local directory as given, else the hub id through the local cache (then a download,
-    where a network exists). Anything that cannot be found is ``model_not_found``."""
+def resolve_model_path(config: MlxModelConfig, progress: LoadProgress | None = None) -> Path:
+    """A local directory as given, else the hub id through the local cache (then a download
+    with byte progress, where a network exists: ``core.hub``). Anything that cannot be found is
+    ``model_not_found``; the memory guard refuses a model too big before it downloads."""
+    progress = progress or LoadProgress()
     if config.model_path:
-        path = Path(config.model_path).expanduser()
-        if not path.is_dir():
-            raise ModelNotFoundError(f"model directory not found: {config.model_path}", param="model_path")
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(
-                f"not an MLX model directory (no config.json): {config.model_path}", param="model_path"
-            )
+        path = check_model_dir(config.model_path)
+        progress.enter("resolve")
+        sizes = {p.name: p.stat().st_size for p in path.iterdir() if p.is_file()}
+        progress.set_totals(bytes_total=sum(sizes.values()), files_total=len(sizes))
+        progress.finish_files()
         return path
     assert config.model_id
-    try:
-        from huggingface_hub import snapshot_download
+    from . import hub
 
-        patterns = ["*.json", "*.safetensors", "*.py", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
-        try:
-            return Path(
-                snapshot_download(
-                    config.model_id, revision=config.revision, allow_patterns=patterns, local_files_only=True
-                )
-            )
-        except Exception:
-            return Path(snapshot_download(config.model_id, revision=config.revision, allow_patterns=patterns))
-    except Exception as exc:
-        raise ModelNotFoundError(
-            f"model {config.model_id!r} is not in the local cache and could not be downloaded "
-            f"({type(exc).__name__})",
-            param="model_id",
-        ) from None
+    return hub.resolve(config.model_id, config.revision, progress, before_download=_guard(config))[0]
+
+
+def check_model_dir(model_path: str) -> Path:
+    path = Path(model_path).expanduser()
+    if not path.is_dir():
+        raise ModelNotFoundError(f"model directory not found: {model_path}", param="model_path")
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"not an MLX model directory (no config.json): {model_path}", param="model_path")
+    return path
+
+
+def _guard(config: MlxModelConfig) -> Callable[[int], None]:
+    label = repr(config.model_id or config.model_path)
+    return lambda weights: memory_guard.check_model_fits(label, weights, config.memory_budget_bytes)
 
 
 def _context_length(config: dict[str, Any], tokenizer: Any) -> int:
@@ -103,30 +108,44 @@ def _generation_defaults(path: Path) -> dict[str, Any]:
     return {k: data[k] for k in keys if isinstance(data.get(k), (int, float))}
 
 
-def load(config: MlxModelConfig) -> LoadedModel:
-    """Load the model and tokenizer with mlx-lm (the path a user's own model takes)."""
-    path = resolve_model_path(config)
-    vlm = _load_multimodal(path, config)
+def load(config: MlxModelConfig, progress: LoadProgress | None = None) -> LoadedModel:
+    """Load the model and tokenizer with mlx-lm (the path a user's own model takes), reporting
+    to ``progress`` (whose ``cancel()`` stops it between steps and during a download)."""
+    progress = progress or LoadProgress()
+    path = resolve_model_path(config, progress)
+    progress.enter("load")
+    if config.model_path:  # a hub model was checked before its download
+        _guard(config)(memory_guard.weight_bytes_of_dir(path))
     try:
+        vlm = _load_multimodal(path, config)
         import mlx_lm
 
         model, tokenizer = (vlm.language, vlm.tokenizer) if vlm is not None else mlx_lm.load(str(path))
-    except ModelNotFoundError:
+    except (ModelNotFoundError, LoadCancelled):
         raise
     except Exception as exc:
         raise ModelLoadError(f"could not load model from {path}: {type(exc).__name__}: {exc}") from None
+    progress.check()
     model_config = json.loads((path / "config.json").read_text())
+    context_length = _context_length(model_config, tokenizer)
+    kv_per_token = memory_guard.kv_bytes_per_token(model_config, memory_guard.activation_bytes(model))
+    kv_budget = memory_guard.request_kv_budget(config.max_request_kv_bytes, config.memory_budget_bytes)
+    if kv_per_token > 0 and kv_budget > 0:
+        # A request without max_tokens stops where its KV cache would pass the budget.
+        context_length = max(1, min(context_length, kv_budget // kv_per_token))
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
         model_path=path,
         model_id=config.model_id or path.name,
         config=model_config,
-        context_length=_context_length(model_config, tokenizer),
+        context_length=context_length,
         parser_spec=parser_spec_from_tokenizer(tokenizer),
         generation_defaults=_generation_defaults(path),
         thinking_enabled=config.thinking_enabled,
         vlm=vlm,
+        kv_bytes_per_token=kv_per_token,
+        kv_budget_bytes=kv_budget,
     )
 
 

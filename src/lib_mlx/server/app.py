@@ -16,6 +16,7 @@ from .context import DisconnectMiddleware, ServerContext
 from .errors import handle_http_error, handle_lib_error, handle_unexpected
 from .models import health, list_models
 from .page import page_routes
+from .readiness import ReadinessMiddleware
 from .responses import ResponseStore, create_response, delete_response, get_response
 from .security import AccessMiddleware, BodyLimitMiddleware, allowed_hosts
 
@@ -36,6 +37,7 @@ def build_app(ctx: ServerContext, *, port: int) -> Starlette:
         # Inside access control: a stranger's body is never read, and what is read is capped.
         Middleware(BodyLimitMiddleware, max_body_bytes=ctx.settings.max_body_bytes),
         Middleware(DisconnectMiddleware),
+        Middleware(ReadinessMiddleware, core=ctx.core),
     ]
     if ctx.settings.allowed_origins:
         middleware.insert(

@@ -26,4 +26,12 @@ async def health(request: Request) -> JSONResponse:
     ctx: ServerContext = request.app.state.ctx
     if not ctx.ready:
         return error_response(NotReadyError("the model is not ready"))
-    return JSONResponse({"status": "ok", "model": ctx.model_id, "in_flight": ctx.core.engine.in_flight})
+    core = ctx.core
+    return JSONResponse(
+        {
+            "status": "ok",
+            "model": ctx.model_id,
+            "model_status": getattr(core, "status", "ready"),  # "sleeping" after an idle unload
+            "in_flight": core.in_flight,
+        }
+    )

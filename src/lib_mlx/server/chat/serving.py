@@ -63,7 +63,7 @@ async def create_chat_completion(request: Request) -> Response:
     prompt = to_chat_prompt(req)
     await decode_prompt_media(ctx, prompt)
     rendered = await ctx.render(prompt)
-    ctx.check_context(rendered)
+    ctx.check_context(rendered, req.max_new_tokens())
     generation = ctx.submit(rendered, to_sampling(req))
     model = req.model or ctx.model_id
     if req.stream:

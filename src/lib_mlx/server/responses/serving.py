@@ -97,7 +97,7 @@ async def create_response(request: Request) -> Response:
     await decode_prompt_media(ctx, prompt, param_prefix="input")
     try:
         rendered = await ctx.render(prompt)
-        ctx.check_context(rendered)
+        ctx.check_context(rendered, req.max_output_tokens)
     except InvalidRequestError as exc:
         if exc.param == "messages":  # the core speaks chat; here the conversation is ``input``
             exc.param = "input"

@@ -1,0 +1,52 @@
+"""Answer 503 while the model is not there to answer: a server started on a handle that is
+still loading (``start_server`` with ``"wait": false``) or whose load failed.
+
+``/health`` and every ``/v1/*`` route get the OpenAI error body with status 503: ``Retry-After``
+and ``model_not_ready`` (naming the load's phase) while loading, the load's own error (e.g.
+``model_load_failed``) once it failed. A sleeping model (idle unload) is not refused: the next
+request loads it again. Pure ASGI; one attribute read per request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..errors import LibMlxError, NotReadyError
+
+
+def not_ready_error(core: Any) -> LibMlxError | None:
+    """Why ``core`` cannot take a request now, or None."""
+    status = getattr(core, "status", "ready")
+    if status == "loading" and getattr(core, "loads", 1) == 0:
+        progress = (core.describe().get("progress") or {}) if hasattr(core, "describe") else {}
+        done, total = progress.get("bytes_done", 0), progress.get("bytes_total", 0)
+        share = f", {100 * done // total}% of {total} bytes" if total else ""
+        phase = progress.get("phase", "resolve")
+        return NotReadyError(f"the model is loading (phase {phase}{share}); retry shortly")
+    if status == "failed":
+        error = getattr(core, "error", None)
+        failed = error if isinstance(error, LibMlxError) else NotReadyError("the model failed to load")
+        out = LibMlxError(failed.message, code=failed.code)
+        out.status, out.type = 503, "server_error"
+        return out
+    return None
+
+
+class ReadinessMiddleware:
+    def __init__(self, app: ASGIApp, *, core: Any) -> None:
+        self.app = app
+        self.core = core
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope.get("path", "")
+            if path == "/health" or path.startswith("/v1/"):
+                error = not_ready_error(self.core)
+                if error is not None:
+                    response = JSONResponse(error.to_openai(), status_code=error.status, headers=error.headers or None)
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
