@@ -61,17 +61,53 @@ def _load(runtime: LibMlxRuntime, config: MlxModelConfig) -> int:
         return runtime.load_model(config)
 
 
+def _load_from_hub(runtime: LibMlxRuntime, config: MlxModelConfig, stream=sys.stderr) -> int:
+    """Load in the background and draw its progress with tqdm: bytes while downloading, then
+    the phase (loading the weights, warming up)."""
+    from tqdm import tqdm
+
+    handle = runtime.load_model(config, wait=False)
+    bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc="Downloading", file=stream, dynamic_ncols=True)
+    try:
+        while True:
+            model = runtime.server_status(handle)["model"]
+            progress = model.get("progress") or {}
+            if progress.get("bytes_total") and bar.total != progress["bytes_total"]:
+                bar.total = progress["bytes_total"]
+            bar.n = progress.get("bytes_done", 0)
+            bar.set_postfix_str(f"{progress.get('files_done', 0)}/{progress.get('files_total', 0)} files, {progress.get('phase')}")
+            if model["status"] != "loading":
+                break
+            time.sleep(0.1)
+    finally:
+        bar.close()
+    if model["status"] == "failed":
+        error = model["error"]
+        runtime.unload_model(handle)
+        raise LibMlxError(error["message"], code=error["code"])
+    return handle
+
+
+def _model_config(args: argparse.Namespace) -> MlxModelConfig:
+    """``--model`` is a local directory, or else a hub id (``ORG/NAME``)."""
+    local = Path(args.model).expanduser()
+    if local.exists() or args.model.count("/") != 1 or args.model.startswith((".", "/", "~")):
+        return MlxModelConfig(model_path=args.model, model_id=args.model_id, thinking_enabled=not args.no_thinking)
+    return MlxModelConfig(
+        model_id=args.model, revision=args.revision, thinking_enabled=not args.no_thinking
+    )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     runtime = LibMlxRuntime()
-    model = MlxModelConfig(
-        model_path=args.model, model_id=args.model_id, thinking_enabled=not args.no_thinking
-    )
-    handle = _load(runtime, model)
+    model = _model_config(args)
+    handle = _load(runtime, model) if model.model_path else _load_from_hub(runtime, model)
     server = MlxServerConfig(
         host=args.host,
         port=args.port,
         model_id=args.model_id,
         queue_limit=args.queue_limit,
+        idle_unload_s=args.idle_unload_s,
         api_key=args.api_key,
         auth="none" if args.no_auth else "bearer",
         chat_page=not args.no_page,
@@ -158,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="load a model and serve it until Ctrl-C")
-    serve.add_argument("--model", required=True, help="local MLX model directory")
+    serve.add_argument("--model", required=True, help="local MLX model directory, or a hub id ORG/NAME")
+    serve.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of ORG/NAME")
     serve.add_argument("--model-id", default=None, help="id to serve the model under (default: directory name)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080, help="0 picks a free port")
@@ -167,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-auth", action="store_true", help="accept requests without a token")
     serve.add_argument("--no-thinking", action="store_true", help="thinking off unless a request turns it on")
     serve.add_argument("--no-page", action="store_true", help="do not serve the chat page at /")
+    serve.add_argument(
+        "--idle-unload-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="free the model's memory after S idle seconds; the next request loads it again",
+    )
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="load the built-in demo model, serve it, chat once, unload")

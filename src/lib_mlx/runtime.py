@@ -19,6 +19,7 @@ from .slot import ModelSlot
 if TYPE_CHECKING:
     import openai
 
+    from .core import MlxCore
     from .idle import IdleWatcher
     from .server import ServerHandle
 
@@ -32,6 +33,11 @@ class _Entry:
     idle: "IdleWatcher | None" = None
     lock: threading.RLock = field(default_factory=threading.RLock)
     unloaded: bool = False
+
+    @property
+    def core(self) -> "MlxCore | None":
+        """The model's core while it is loaded (None while loading, sleeping, failed)."""
+        return self.slot.core
 
 
 class LibMlxRuntime:

@@ -187,6 +187,10 @@ class ModelSlot:
         return self._status
 
     @property
+    def core(self) -> "MlxCore | None":
+        return self._core
+
+    @property
     def error(self) -> LibMlxError | None:
         return self._error
 

@@ -116,7 +116,6 @@ def _not_cached(model_id: str, revision: str | None, why: str) -> ModelNotFoundE
 
 def _list_revision(model_id: str, revision: str | None) -> tuple[str, dict[str, int]]:
     """The revision's commit and the sizes of the files we need (one request)."""
-    import httpx
     from huggingface_hub import HfApi
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -137,8 +136,10 @@ def _list_revision(model_id: str, revision: str | None) -> tuple[str, dict[str, 
         raise _not_cached(model_id, revision, "no such repository on the hub (or it is private)") from None
     except OfflineModeIsEnabled:
         raise _not_cached(model_id, revision, "offline mode is on (HF_HUB_OFFLINE)") from None
-    except (httpx.HTTPError, HfHubHTTPError, OSError) as exc:
-        raise _not_cached(model_id, revision, f"the hub cannot be reached ({type(exc).__name__})") from None
+    except HfHubHTTPError as exc:
+        raise _not_cached(model_id, revision, f"the hub answered {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - huggingface_hub's HTTP client's connection errors
+        raise _not_cached(model_id, revision, f"the hub cannot be reached ({type(exc).__name__}: {exc})") from None
     siblings = {s.rfilename: int(s.size or 0) for s in info.siblings or []}
     needed = list(filter_repo_objects(sorted(siblings), allow_patterns=ALLOW_PATTERNS))
     if "config.json" not in needed:
@@ -164,7 +165,9 @@ def _download(model_id: str, revision: str | None, sha: str, sizes: dict[str, in
             raise _download_failed(model_id, name, exc) from None
         progress.file_done(sizes[name], counted_bytes=counted)
     try:
-        path = Path(snapshot_download(model_id, revision=revision, allow_patterns=ALLOW_PATTERNS))
+        path = Path(
+            snapshot_download(model_id, revision=revision, allow_patterns=ALLOW_PATTERNS, tqdm_class=_silent_tqdm())
+        )
     except Exception as exc:  # noqa: BLE001
         raise _download_failed(model_id, "(snapshot)", exc) from None
     progress.finish_files()
@@ -251,6 +254,18 @@ class _ProgressBar:
 
     def close(self) -> None:
         pass
+
+
+def _silent_tqdm() -> Any:
+    """A tqdm that draws nothing: our own progress already counted these files."""
+    from tqdm import tqdm
+
+    class _Silent(tqdm):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    return _Silent
 
 
 def _download_failed(model_id: str, name: str, exc: BaseException) -> LibMlxError:
