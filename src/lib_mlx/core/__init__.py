@@ -41,7 +41,11 @@ class MlxCore:
     def check_request(self, n_prompt: int, max_tokens: int | None) -> None:
         """400 ``context_length_exceeded`` before any work when the request's KV cache would
         pass the per-request budget (``core.memory_guard``)."""
-        check_request_fits(self.loaded.kv_bytes_per_token, self.loaded.kv_budget_bytes, n_prompt, max_tokens)
+        loaded = self.loaded
+        if max_tokens is not None and loaded.declared_context_length:
+            # max_tokens beyond the model's context is clamped to it (not refused)
+            max_tokens = min(max_tokens, max(loaded.declared_context_length - n_prompt, 1))
+        check_request_fits(loaded.kv_bytes_per_token, loaded.kv_budget_bytes, n_prompt, max_tokens)
 
     def render(self, prompt: ChatPrompt) -> RenderedPrompt:
         return render(self.loaded, prompt)

@@ -40,6 +40,8 @@ class LoadedModel:
     # The memory guard's figures for one request's KV cache (``core.memory_guard``).
     kv_bytes_per_token: int = 0
     kv_budget_bytes: int = 0
+    # The model's own context length (``context_length`` is the smaller of it and the KV budget).
+    declared_context_length: int = 0
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -130,6 +132,7 @@ def load(config: MlxModelConfig, progress: LoadProgress | None = None) -> Loaded
     context_length = _context_length(model_config, tokenizer)
     kv_per_token = memory_guard.kv_bytes_per_token(model_config, memory_guard.activation_bytes(model))
     kv_budget = memory_guard.request_kv_budget(config.max_request_kv_bytes, config.memory_budget_bytes)
+    declared_context = context_length
     if kv_per_token > 0 and kv_budget > 0:
         # A request without max_tokens stops where its KV cache would pass the budget.
         context_length = max(1, min(context_length, kv_budget // kv_per_token))
@@ -146,6 +149,7 @@ def load(config: MlxModelConfig, progress: LoadProgress | None = None) -> Loaded
         vlm=vlm,
         kv_bytes_per_token=kv_per_token,
         kv_budget_bytes=kv_budget,
+        declared_context_length=declared_context,
     )
 
 
