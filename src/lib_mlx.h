@@ -33,7 +33,7 @@
  *                         failed part-way: loading it again resumes)
  *     insufficient_memory the model's weights plus a margin exceed the memory MLX can use
  *                         here (the message names both figures; see README "Memory")
- *     model_not_ready     start_server (waiting) on a handle whose load was cancelled
+ *     cancelled           start_server was waiting for a load that unload_model cancelled
  *     unknown_handle      the handle was never issued or has been unloaded
  *     server_not_running  reserved for calls that need a running server (stop_server on a
  *                         stopped server is not an error: it replies ok, "was_running": false)
@@ -106,7 +106,7 @@ char *lib_mlx_load_model(const char *config_json);
  * Starts the OpenAI-compatible HTTP server for a loaded model; returns once it is listening.
  * If the handle's server already runs, replies with its info (the new config is ignored).
  * On a handle still loading it waits for the load (and replies with its error if it fails),
- * unless "wait": false: it then listens at once and answers /health and /v1/* with 503 and
+ * unless "wait": false: it then listens at once and answers /health and every /v1/ route with 503 and
  * Retry-After until the model is ready.
  *
  * config_json (optional; NULL or "{}" -> all defaults):
