@@ -69,7 +69,7 @@ def resolve(
 
     from huggingface_hub import constants
 
-    if constants.is_offline_mode():
+    if constants.HF_HUB_OFFLINE:
         raise _not_cached(model_id, revision, "offline mode is on (HF_HUB_OFFLINE)")
     sha, sizes = _list_revision(model_id, revision)
     if before_download is not None:
