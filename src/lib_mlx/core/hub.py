@@ -22,6 +22,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..errors import LibMlxError, ModelNotFoundError
 from .progress import LoadCancelled, LoadProgress
@@ -181,10 +182,14 @@ def _fetch_blob(model_id: str, sha: str, name: str, progress: LoadProgress) -> i
     from huggingface_hub.file_download import http_get, repo_folder_name
     from huggingface_hub.utils import WeakFileLock, build_hf_headers
 
+    url = hf_hub_url(model_id, name, revision=sha)
     try:
-        meta = get_hf_file_metadata(hf_hub_url(model_id, name, revision=sha), timeout=METADATA_TIMEOUT_S)
+        meta = get_hf_file_metadata(url, timeout=METADATA_TIMEOUT_S)
     except Exception as exc:  # noqa: BLE001
         raise _download_failed(model_id, name, exc) from None
+    headers = build_hf_headers()
+    if urlsplit(meta.location).netloc != urlsplit(url).netloc:
+        headers.pop("authorization", None)  # a signed CDN address: no token to a third party
     if not meta.etag:
         return 0
     folder = repo_folder_name(repo_id=model_id, repo_type="model")
@@ -217,7 +222,7 @@ def _fetch_blob(model_id: str, sha: str, name: str, progress: LoadProgress) -> i
                     meta.location,
                     f,
                     resume_size=resume,
-                    headers=build_hf_headers(),
+                    headers=headers,
                     expected_size=meta.size,
                     tqdm_class=_Bar,  # type: ignore[arg-type]
                 )
