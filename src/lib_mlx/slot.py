@@ -117,7 +117,7 @@ class ModelSlot:
             else:
                 discard = None
                 if core is not None:
-                    core.engine.queue_limit = self._queue_limit
+                    core.queue_limit = self._queue_limit
                     self._core = core
                     self._facts = _facts(core)
                     self._status = "ready"
@@ -167,7 +167,7 @@ class ModelSlot:
             if self._status != "ready" or core is None or self._closed:
                 return False
             now = time.monotonic()
-            if self._rendering or core.engine.in_flight:
+            if self._rendering or core.in_flight:
                 self._last_active = now
                 return False
             if now - self._last_active < idle_s:
@@ -209,11 +209,7 @@ class ModelSlot:
     @property
     def in_flight(self) -> int:
         core = self._core
-        return core.engine.in_flight if core is not None else 0
-
-    @property
-    def engine(self) -> Any:
-        return self._ready_core().engine
+        return core.in_flight if core is not None else 0
 
     def _ready_core(self) -> "MlxCore":
         core = self._core
@@ -225,7 +221,7 @@ class ModelSlot:
         with self._cond:
             self._queue_limit = limit
             if self._core is not None:
-                self._core.engine.queue_limit = limit
+                self._core.queue_limit = limit
 
     def render(self, prompt: Any) -> Any:
         """On a worker thread: waits for (or starts) the model's load, then renders."""

@@ -35,6 +35,14 @@ class MlxCore:
         return self.engine.in_flight
 
     @property
+    def queue_limit(self) -> int:
+        return self.engine.queue_limit
+
+    @queue_limit.setter
+    def queue_limit(self, value: int) -> None:
+        self.engine.queue_limit = int(value)
+
+    @property
     def context_length(self) -> int:
         return self.loaded.context_length
 
