@@ -79,8 +79,9 @@ def test_unload_cancels_a_load_and_frees_its_memory(big_model: Path) -> None:
     before = mx.get_active_memory()
     handle = rt.load_model(MlxModelConfig(str(big_model), wait=False))
     assert rt.server_status(handle)["model"]["status"] == "loading"
-    while rt.server_status(handle)["model"]["progress"]["phase"] == "resolve":
+    while (model := rt.server_status(handle)["model"])["progress"]["phase"] == "resolve":
         time.sleep(0.001)
+    assert model["status"] == "loading", model  # the weights are on their way in
     rt.unload_model(handle)  # mid-load: waits for the load to stop, then frees what it made
     after = mx.get_active_memory()
     assert abs(after - before) <= 0.05 * max(before, 1) + 1024 * 1024, (before, after)

@@ -20,6 +20,7 @@ class IdleWatcher:
         # check counts as activity then).
         self._period = min(max(self.idle_s / 4, 0.05), 1.0)
         self._stop = threading.Event()
+        slot.touch()  # idle from the server's start, not from the load's end
         self._thread = threading.Thread(target=self._run, name=f"lib_mlx-idle-{slot.model_id}", daemon=True)
         self._thread.start()
 

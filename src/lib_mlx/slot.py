@@ -158,6 +158,11 @@ class ModelSlot:
         self._start_locked(config, LoadProgress())
 
     # idle unload ------------------------------------------------------------------------
+    def touch(self) -> None:
+        """Count now as activity (the idle clock starts again)."""
+        with self._cond:
+            self._last_active = time.monotonic()
+
     def sleep_if_idle(self, idle_s: float) -> bool:
         """Free the weights and caches when nothing has run for ``idle_s`` seconds."""
         from .core.memory import release_memory
