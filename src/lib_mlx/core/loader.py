@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import MlxModelConfig
-from ..errors import ModelLoadError, ModelNotFoundError
+from ..errors import LibMlxError, ModelLoadError, ModelNotFoundError
 from . import memory_guard
 from .parsers import ParserSpec, parser_spec_from_tokenizer
 from .progress import LoadCancelled, LoadProgress
@@ -123,7 +123,7 @@ def load(config: MlxModelConfig, progress: LoadProgress | None = None) -> Loaded
         import mlx_lm
 
         model, tokenizer = (vlm.language, vlm.tokenizer) if vlm is not None else mlx_lm.load(str(path))
-    except (ModelNotFoundError, LoadCancelled):
+    except (LibMlxError, LoadCancelled):
         raise
     except Exception as exc:
         raise ModelLoadError(f"could not load model from {path}: {type(exc).__name__}: {exc}") from None
