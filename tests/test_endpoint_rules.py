@@ -24,7 +24,7 @@ from lib_mlx.server.responses.encoder import ResponseEncoder
 from lib_mlx.server.streaming import STOPPED
 
 LONG = 200
-PATHS = ["/v1/chat/completions", "/v1/responses"]
+PATHS = ["/v1/chat/completions", "/v1/responses", "/v1/messages"]
 
 
 def body_for(path: str, *, stream: bool, max_tokens: int = LONG) -> dict[str, Any]:
@@ -123,11 +123,13 @@ def test_stopping_the_server_is_the_same_outcome_everywhere(served, stream):
 
 
 def test_a_bug_in_an_encoder_ends_every_stream_with_its_error_event(served, monkeypatch):
+    from lib_mlx.server.messages.encoder import MessageEncoder
+
     s = served
     def broken(self, event):
         raise RuntimeError("encoder bug")
 
-    for encoder in (ChatChunkEncoder, ResponseEncoder):
+    for encoder in (ChatChunkEncoder, ResponseEncoder, MessageEncoder):
         monkeypatch.setattr(encoder, "encode", broken)
     seen = {path: outcome(path, post(s, path, body_for(path, stream=True, max_tokens=8))) for path in PATHS}
     assert set(seen.values()) == {("stream-error", 200, "RuntimeError: encoder bug")}, seen
@@ -143,7 +145,11 @@ def test_the_field_table_refuses_by_name_and_ignores_the_rest():
     with pytest.raises(Exception) as info:
         rules.check_fields("responses", {"background": True})
     assert info.value.param == "background"
-    assert set(rules.FIELDS) == {"chat", "responses", "messages"}
+    assert set(rules.FIELDS) == {"chat", "responses", "messages", "messages_count"}
+    with pytest.raises(Exception) as info:
+        rules.check_fields("messages", {"output_config": {"format": {"type": "json_schema"}}})
+    assert info.value.param == "output_config"
+    rules.check_fields("messages", {"output_config": {"effort": "low"}})
 
 
 def test_the_thinking_toggle_has_one_precedence():

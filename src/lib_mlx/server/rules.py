@@ -22,6 +22,7 @@ driven by ``server.streaming``. What is shared:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -99,7 +100,16 @@ FIELDS: dict[str, dict[str, FieldRule]] = {
             "model", "messages", "system", "max_tokens", "temperature", "top_p", "top_k",
             "stop_sequences", "stream", "tools", "tool_choice", "thinking", "metadata",
         ),
-        ("service_tier", "container", "context_management", "mcp_servers"),
+        (
+            "service_tier", "container", "context_management", "mcp_servers", "cache_control",
+            "inference_geo", "speed", "diagnostics", "user_profile_id", "workspace_id",
+        ),
+        # ``output_config.effort`` is a hint; a structured-output ``format`` cannot be honoured yet.
+        output_config=FieldRule(
+            "refused",
+            "output_config.format (structured output) is not supported",
+            lambda v: isinstance(v, dict) and v.get("format") is not None,
+        ),
     ),
     "messages_count": _fields(("model", "messages", "system", "tools", "tool_choice", "thinking")),
 }
@@ -224,12 +234,13 @@ def chat_prompt(
     )
 
 
-async def prepare(ctx: Any, prompt: ChatPrompt, *, param: str = "messages") -> RenderedPrompt:
+async def prepare(ctx: Any, prompt: ChatPrompt, *, param: str = "messages", generate: bool = True) -> RenderedPrompt:
     """Decode the prompt's media, render it, and refuse a prompt that fills the context.
-    ``param`` is the API's name for the conversation (``messages``, ``input``): errors name it."""
+    ``param`` is the API's name for the conversation (``messages``, ``input``): errors name it.
+    ``generate=False`` (counting tokens) renders without announcing a request to the engine."""
     await decode_prompt_media(ctx, prompt, param_prefix=param)
     try:
-        rendered = await ctx.render(prompt)
+        rendered = await (ctx.render(prompt) if generate else asyncio.to_thread(ctx.core.render, prompt))
         ctx.check_context(rendered)
     except InvalidRequestError as exc:
         if exc.param == "messages":  # the core speaks chat
