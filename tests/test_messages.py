@@ -424,7 +424,12 @@ def test_an_image_block_on_the_multimodal_model(serve, tmp_path_factory):
         reply = create(s, messages)
         assert [b.type for b in reply.content] == ["thinking", "text"]
         assert reply.content[0].thinking == "I see a square" and reply.content[1].text == "It is red."
-        assert reply.usage.input_tokens > 12  # the image's soft tokens are in the prompt
+        counted = client(s).messages.count_tokens(model=s.info.model_id, messages=messages)
+        assert counted.input_tokens == reply.usage.input_tokens + reply.usage.cache_read_input_tokens
+        text_only = client(s).messages.count_tokens(
+            model=s.info.model_id, messages=[{"role": "user", "content": "What is in here?"}]
+        )
+        assert counted.input_tokens >= text_only.input_tokens + 12  # the image's soft tokens
         events = raw_stream(s, {"messages": messages})
         assert blocks_of(events)[1] == {"type": "text", "text": "It is red."}
         url = {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}
