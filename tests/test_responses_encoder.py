@@ -441,7 +441,8 @@ BAD_REQUESTS = [
     ({}, "input"),
     ({"input": []}, "input"),
     ({"input": [{"role": "user"}]}, "input[0].content"),
-    ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0]"),
+    ({"input": [{"type": "web_search_call", "id": "x"}]}, "input[0]"),
+    ({"input": [{"type": "item_reference"}]}, "input[0].id"),
     ({"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, "input[0].call_id"),
     ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input[0].content[0].type"),
     ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type"),
@@ -500,3 +501,24 @@ def test_store_conversation_prepends_input_then_output():
     entry = store.get("r")
     assert entry is not None
     assert entry.conversation() == [{"role": "user", "content": "i"}, {"type": "message", "role": "assistant", "content": "o"}]
+
+
+def test_store_resolves_item_references_until_the_response_goes():
+    """The AI SDK (``store`` on) sends earlier output items as ``item_reference`` (issue 17.2)."""
+    store = ResponseStore(max_entries=1)
+    output = [
+        {"id": "rs_1", "type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": "t"}]},
+        {"id": "fc_1", "type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"},
+    ]
+    store.put({"id": "resp_1", "output": output}, [{"role": "user", "content": "i"}])
+    user = {"type": "message", "role": "user", "content": "next"}
+    refs = [{"type": "item_reference", "id": "rs_1"}, {"type": "item_reference", "id": "fc_1"}, user]
+    assert store.resolve(refs) == [*output, user]
+    parsed = parse_request({"input": refs}).input_items()
+    assert parsed[:2] == refs[:2]
+    with pytest.raises(InvalidRequestError) as info:
+        store.resolve([user, {"type": "item_reference", "id": "msg_gone"}])
+    assert info.value.param == "input[1].id" and "msg_gone" in info.value.message
+    store.put({"id": "resp_2", "output": []}, [])  # evicts resp_1, and its items with it
+    with pytest.raises(InvalidRequestError):
+        store.resolve(refs[:1])

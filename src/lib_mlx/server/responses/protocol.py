@@ -93,7 +93,15 @@ class ReasoningItem(BaseModel):
     status: str | None = None
 
 
-_ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
+class ItemReference(BaseModel):
+    """An earlier output item named by its id; the store resolves it (``store.resolve``)."""
+
+    model_config = _LENIENT
+    type: Literal["item_reference"]
+    id: str = Field(min_length=1)
+
+
+_ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning", "item_reference")
 
 
 def _item_type(value: Any) -> str | None:
@@ -106,7 +114,8 @@ InputItem = Annotated[
     Annotated[MessageItem, Tag("message")]
     | Annotated[FunctionCallItem, Tag("function_call")]
     | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
-    | Annotated[ReasoningItem, Tag("reasoning")],
+    | Annotated[ReasoningItem, Tag("reasoning")]
+    | Annotated[ItemReference, Tag("item_reference")],
     Discriminator(
         _item_type,
         custom_error_type="invalid_item_type",
