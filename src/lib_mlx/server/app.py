@@ -14,8 +14,9 @@ from ..errors import LibMlxError
 from .chat.serving import create_chat_completion
 from .context import DisconnectMiddleware, ServerContext
 from .errors import handle_http_error, handle_lib_error, handle_unexpected
-from .models import health, list_models
+from .models import health, list_models, retrieve_model
 from .page import page_routes
+from .request_id import RequestIdMiddleware
 from .responses import ResponseStore, create_response, delete_response, get_response
 from .security import AccessMiddleware, BodyLimitMiddleware, allowed_hosts
 
@@ -24,6 +25,7 @@ def build_app(ctx: ServerContext, *, port: int) -> Starlette:
     routes = [
         Route("/health", health, methods=["GET"]),
         Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", retrieve_model, methods=["GET"]),
         Route("/v1/chat/completions", create_chat_completion, methods=["POST"]),
         Route("/v1/responses", create_response, methods=["POST"]),
         Route("/v1/responses/{response_id}", get_response, methods=["GET"]),
@@ -45,8 +47,10 @@ def build_app(ctx: ServerContext, *, port: int) -> Starlette:
                 allow_origins=list(ctx.settings.allowed_origins),
                 allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                 allow_headers=["Authorization", "Content-Type"],
+                expose_headers=["x-request-id"],
             ),
         )
+    middleware.insert(0, Middleware(RequestIdMiddleware))
     app = Starlette(
         routes=routes,
         middleware=middleware,

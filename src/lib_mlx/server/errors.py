@@ -87,4 +87,9 @@ async def handle_http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s", request.url.path)
-    return error_response(from_exception(exc))
+    response = error_response(from_exception(exc))
+    # Starlette answers these from outside every middleware: name the request here too.
+    request_id = getattr(request.state, "request_id", None)
+    if request_id:
+        response.headers["x-request-id"] = request_id
+    return response
