@@ -40,8 +40,9 @@ class RequestStream:
         self.release = release
         self.parser = make_parser(
             loaded.parser_spec,
-            tools=prompt.tools,
+            tools=prompt.tools or [],  # a call to a function not offered is text
             starts_in_reasoning=prompt.starts_in_reasoning,
+            prefill=prompt.assistant_prefix,  # injected: never given back as text
             parse_tools=prompt.parse_tools,
         )
         self.max_tool_calls = prompt.max_tool_calls
@@ -52,7 +53,7 @@ class RequestStream:
         self.reasoning_tokens = 0
         self.tool_calls = 0
         self.finish_reason: str | None = None
-        self.pending: list[Event] = self.parser.feed(prompt.assistant_prefix) if prompt.assistant_prefix else []
+        self.pending: list[Event] = []
         self.t_start = time.perf_counter()
         self.t_first = self.t_start
 
