@@ -19,10 +19,10 @@ block into ``ToolCall*`` events; everything else lives here:
   ``</think>``, Gemma 4's whole ``<|channel>thought`` and ``<channel|>``): what the model
   spent on thinking, as OpenAI counts it. A start marker the prompt wrote adds nothing. An
   empty-text token (half a UTF-8 character) counts iff it arrives while the parser is in
-  reasoning. ``reasoning_tokens`` is exact
-  (final after ``finish()``); ``in_reasoning`` is the same judgement for the token just fed,
-  made at once — it can only differ when a marker arrives split over several tokens. Text
-  given as ``prefill`` or fed with ``token=False`` adds no token.
+  reasoning. ``reasoning_tokens`` is exact (final after ``finish()``); ``in_reasoning`` is
+  the same judgement for the token just fed, made at once — it can only differ when a marker
+  arrives split over several tokens. Text given as ``prefill`` or fed with ``token=False``
+  adds no token.
 * **Only offered functions.** A call to a function the request did not offer is not a call:
   its block goes back raw like a malformed one (``tools=None`` turns the check off).
 * **Injected text.** ``prefill`` (a forced call's opening, written by the prompt) is never
