@@ -96,7 +96,7 @@ def test_list_models_and_health(serve, make_model) -> None:
         assert health.status_code == 200 and health.json()["status"] == "ok"
 
 
-def test_retrieve_model_and_request_ids(serve, make_model) -> None:
+def test_retrieve_model_and_request_ids(serve, make_model, monkeypatch) -> None:
     """``models.retrieve`` and ``x-request-id`` (the SDKs' ``request_id``) on every response,
     refusals and streams included (issue 17.3, 17.6)."""
     with serve(make_model("qwen3"), model_id="my/model") as s:
@@ -127,6 +127,12 @@ def test_retrieve_model_and_request_ids(serve, make_model) -> None:
         echoed = httpx.get(f"{base}/health", headers={"x-request-id": "trace-42"}).headers["x-request-id"]
         replaced = httpx.get(f"{base}/health", headers={"x-request-id": "a b"}).headers["x-request-id"]
         assert echoed == "trace-42" and replaced.startswith("req_")
+        # Starlette answers an unexpected error from outside every middleware: named all the same
+        from lib_mlx.server import models
+
+        monkeypatch.setattr(models, "_model", lambda request: 1 / 0)
+        broken = httpx.get(f"{base}/v1/models", headers={**s.headers, "x-request-id": "trace-500"})
+        assert broken.status_code == 500 and broken.headers["x-request-id"] == "trace-500"
 
 
 def _error(response: httpx.Response, status: int) -> dict:
