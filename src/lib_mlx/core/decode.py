@@ -117,7 +117,7 @@ class RequestStream:
             reasoning_tokens=self.reasoning_tokens,
             cached_tokens=self.cached_tokens,
         )
-        pending.append(Done(reason, usage, timings))
+        pending.append(Done(reason, usage, timings, self.stops.matched))
         if self.release is not None:
             self.release(self.job)
         self.generation._deliver(pending)
