@@ -123,6 +123,10 @@ def test_retrieve_model_and_request_ids(serve, make_model, monkeypatch) -> None:
             httpx.post(f"{base}/v1/chat/completions", json={}, headers=s.headers).headers.get("x-request-id"),  # 400
         ]
         assert all(i and i.startswith("req_") for i in ids) and len(set(ids)) == len(ids)
+        # the Messages API also names it as Anthropic does (the anthropic SDK's ``_request_id``)
+        anthropic = httpx.post(f"{base}/v1/messages", json={}, headers=s.headers)
+        assert anthropic.status_code == 400 and anthropic.headers["request-id"] == anthropic.headers["x-request-id"]
+        assert "request-id" not in httpx.get(f"{base}/health").headers
         # a caller's own id is echoed, one that is not a plain token is replaced
         echoed = httpx.get(f"{base}/health", headers={"x-request-id": "trace-42"}).headers["x-request-id"]
         replaced = httpx.get(f"{base}/health", headers={"x-request-id": "a b"}).headers["x-request-id"]

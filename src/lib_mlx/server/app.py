@@ -50,7 +50,7 @@ def build_app(ctx: ServerContext, *, port: int) -> Starlette:
                 allow_origins=list(ctx.settings.allowed_origins),
                 allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                 allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version", "anthropic-beta"],
-                expose_headers=["x-request-id"],
+                expose_headers=["x-request-id", "request-id"],
             ),
         )
     middleware.insert(0, Middleware(RequestIdMiddleware))

@@ -1,4 +1,5 @@
-"""``x-request-id`` on every response (the OpenAI SDKs expose it as ``request_id``).
+"""A request id on every response: ``x-request-id`` (the OpenAI SDKs' ``request_id``), and
+Anthropic's ``request-id`` as well on ``/v1/messages`` (the anthropic SDK's ``_request_id``).
 
 A client's own ``x-request-id`` is echoed when it is a short plain token (so a caller can
 trace its request through a proxy); otherwise the server makes one: ``req_`` + 32 hex digits.
@@ -12,6 +13,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 HEADER = b"x-request-id"
+ANTHROPIC_HEADER = b"request-id"
 _CLIENT_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
 
@@ -22,8 +24,17 @@ def request_id_of(scope: Scope) -> bytes:
     return f"req_{uuid.uuid4().hex}".encode()
 
 
+def id_headers(path: str, request_id: bytes) -> list[tuple[bytes, bytes]]:
+    """The id headers a response to ``path`` carries."""
+    headers = [(HEADER, request_id)]
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        headers.append((ANTHROPIC_HEADER, request_id))
+    return headers
+
+
 class RequestIdMiddleware:
-    """Pure ASGI and outermost, so that refusals (401, 403, 413) carry the header too."""
+    """Pure ASGI and outermost, so that refusals (401, 403, 413) carry the header too. The id
+    is kept in ``scope["state"]`` for the 500 handler, which Starlette runs outside."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -34,11 +45,13 @@ class RequestIdMiddleware:
             return
         request_id = request_id_of(scope)
         scope.setdefault("state", {})["request_id"] = request_id.decode()
+        added = id_headers(scope.get("path", ""), request_id)
+        names = {name for name, _ in added}
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != HEADER]
-                message = {**message, "headers": [*headers, (HEADER, request_id)]}
+                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() not in names]
+                message = {**message, "headers": [*headers, *added]}
             await send(message)
 
         await self.app(scope, receive, send_with_id)
