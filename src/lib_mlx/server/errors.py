@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from ..errors import InvalidRequestError, LibMlxError, NotFoundError, from_exception
+from .request_id import id_headers
 
 log = logging.getLogger("lib_mlx.server")
 
@@ -107,4 +108,10 @@ async def handle_http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s", request.url.path)
-    return error_response(from_exception(exc), request.url.path)
+    response = error_response(from_exception(exc), request.url.path)
+    # Starlette answers these from outside every middleware: name the request here too.
+    request_id = getattr(request.state, "request_id", None)
+    if request_id:
+        for name, value in id_headers(request.url.path, request_id.encode()):
+            response.headers[name.decode()] = value.decode()
+    return response

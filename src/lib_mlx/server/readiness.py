@@ -1,7 +1,8 @@
 """Answer 503 while the model is not there to answer: a server started on a handle that is
 still loading (``start_server`` with ``"wait": false``) or whose load failed.
 
-``/health`` and every ``/v1/*`` route get the OpenAI error body with status 503: ``Retry-After``
+``/health`` and every ``/v1/*`` route get the API's error body (OpenAI's, Anthropic's on
+``/v1/messages``) with status 503: ``Retry-After``
 and ``model_not_ready`` (naming the load's phase) while loading, the load's own error (e.g.
 ``model_load_failed``) once it failed. A sleeping model (idle unload) is not refused: the next
 request loads it again. Pure ASGI; one attribute read per request.
@@ -11,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import LibMlxError, NotReadyError
+from .errors import error_response
 
 
 def not_ready_error(core: Any) -> LibMlxError | None:
@@ -46,7 +47,6 @@ class ReadinessMiddleware:
             if path == "/health" or path.startswith("/v1/"):
                 error = not_ready_error(self.core)
                 if error is not None:
-                    response = JSONResponse(error.to_openai(), status_code=error.status, headers=error.headers or None)
-                    await response(scope, receive, send)
+                    await error_response(error, path)(scope, receive, send)  # the API's own shape
                     return
         await self.app(scope, receive, send)
