@@ -125,6 +125,8 @@ def test_a_server_on_a_loading_handle_answers_503_until_ready(hub: HubStandIn, r
     for method, path in (("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/v1/responses")):
         reply = httpx.request(method, f"{info.base_url}{path}", headers=auth, json={})
         assert reply.status_code == 503 and reply.headers["retry-after"] == "1", (path, reply.text)
+    anthropic = httpx.post(f"{info.base_url}/v1/messages", headers=auth, json={})
+    assert anthropic.status_code == 503 and anthropic.json()["type"] == "error", anthropic.text  # its own shape
     assert httpx.get(f"{info.base_url}/v1/models").status_code == 401  # access control still first
 
     deadline = time.monotonic() + 30
