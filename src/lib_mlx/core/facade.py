@@ -12,7 +12,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from ..config import MlxModelConfig
+from ..config import DEFAULT_PROMPT_CACHE_BYTES, MlxModelConfig
 from .engine import Engine
 from .loader import LoadedModel, load
 from .prompt import ChatPrompt, RenderedPrompt, render
@@ -87,10 +87,11 @@ class InferenceCore(Protocol):
 class MlxCore:
     """One loaded model and the worker that generates with it (the real ``InferenceCore``)."""
 
-    def __init__(self, loaded: LoadedModel, queue_limit: int = 1, *, prompt_cache_bytes: int | None = None) -> None:
+    def __init__(
+        self, loaded: LoadedModel, queue_limit: int = 1, *, prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES
+    ) -> None:
         self.loaded = loaded
-        kwargs = {} if prompt_cache_bytes is None else {"prompt_cache_bytes": prompt_cache_bytes}
-        self._engine = Engine(loaded, queue_limit=queue_limit, **kwargs)
+        self._engine = Engine(loaded, queue_limit=queue_limit, prompt_cache_bytes=prompt_cache_bytes)
 
     @classmethod
     def load(cls, config: MlxModelConfig, queue_limit: int = 1) -> "MlxCore":
