@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .config import MlxModelConfig, MlxServerConfig, ServerInfo
+from .config import MlxModelConfig, MlxServerConfig, ServerInfo, with_env_overrides
 from .errors import ServerNotRunningError, UnknownHandleError
 from .slot import ModelSlot
 
@@ -52,13 +52,14 @@ class LibMlxRuntime:
     def load_model(self, config: MlxModelConfig, *, wait: bool | None = None) -> int:
         """Load a model and return its handle (ints from 1). ``wait`` (default
         ``config.wait``, True) blocks until it is ready and raises a failed load's error; False
-        returns at once: ``server_status`` then shows the load's progress and outcome."""
+        returns at once: ``server_status`` then shows the load's progress and outcome. The
+        environment's overrides apply here (``config.with_env_overrides``)."""
         from .core.loader import check_model_dir
 
         wait = config.wait if wait is None else wait
         if config.model_path:
             check_model_dir(config.model_path)  # a wrong path fails at once, waiting or not
-        slot = ModelSlot(config)
+        slot = ModelSlot(with_env_overrides(config))
         if wait:
             slot.load_now()
         with self._lock:
@@ -83,8 +84,8 @@ class LibMlxRuntime:
             self._check_alive(entry)
             if entry.server is not None and entry.server.running:
                 return entry.server.info
-            entry.slot.set_queue_limit(settings.queue_limit)
-            entry.server = ServerHandle(entry.slot, settings)  # type: ignore[arg-type]
+            entry.slot.queue_limit = settings.queue_limit
+            entry.server = ServerHandle(entry.slot, settings)
             if settings.idle_unload_s:
                 entry.idle = IdleWatcher(entry.slot, settings.idle_unload_s)
             return entry.server.info
@@ -109,19 +110,19 @@ class LibMlxRuntime:
             if running and server is not None:
                 server_body.update(server.info.to_dict())
             slot = entry.slot
-            loaded = slot.loaded
             if entry.idle is not None:
                 server_body["idle_unload_s"] = entry.idle.idle_s
-            vlm = getattr(loaded, "vlm", None)
+            model = slot.status()
             return {
                 "handle": handle,
-                "model": slot.describe(),
+                "model": model["model"],
                 "server": server_body,
                 "in_flight": slot.in_flight,
                 "memory": memory_info().to_dict(),
                 # Vision/audio towers: which are resident and the bytes they take (null for a
                 # text-only model, or one not loaded now).
-                "multimodal": vlm.status() if vlm is not None else None,
+                "multimodal": model["multimodal"],
+                "stats": slot.stats().to_dict(),
             }
 
     def unload_model(self, handle: int) -> None:

@@ -7,9 +7,9 @@ States (``status``)::
        v          v (reload failed)
      failed     failed
 
-A ``ModelSlot`` stands where an ``MlxCore`` would: the server calls ``render``/``submit`` on it
-and it hands them to the current core, loading the model again first when it sleeps (the wait
-shows as time to the first token). A background load runs on its own thread and reports to a
+A ``ModelSlot`` is an ``InferenceCore`` (``core.facade``): the server calls ``render``/``submit``
+on it and it hands them to the current ``MlxCore``, loading the model again first when it sleeps
+(the wait shows as time to the first token). ``state`` is the model's status above. A background load runs on its own thread and reports to a
 ``LoadProgress`` that ``snapshot()`` reads from any thread; ``close`` cancels it.
 """
 
@@ -38,16 +38,14 @@ _CANCEL_JOIN_S = 120.0
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """What is known of a model once loaded, kept while it sleeps (the page and the media
-    checks read ``capabilities``/``parser_spec``/``thinking_enabled`` from ``loaded``)."""
+    """What is known of a model once loaded, kept while it sleeps."""
 
     model_id: str
     model_path: str
     model_type: str
     context_length: int
     thinking_enabled: bool
-    capabilities: frozenset[str]
-    parser_spec: Any
+    capabilities: Any  # core.Capabilities
     weight_bytes: int
 
 
@@ -63,6 +61,7 @@ class ModelSlot:
         self._thread: threading.Thread | None = None
         self._facts: ModelFacts | None = None
         self._queue_limit = 1
+        self._last_stats: Any = None  # the engine's counters when it last went away
         self._rendering = 0
         self._last_active = time.monotonic()
         self._closed = False
@@ -103,7 +102,7 @@ class ModelSlot:
         core: MlxCore | None = None
         error: LibMlxError | None = None
         try:
-            core = MlxCore.load(config, progress)
+            core = MlxCore.load(config, self._queue_limit, progress)
         except LoadCancelled:
             pass
         except LibMlxError as exc:
@@ -117,7 +116,7 @@ class ModelSlot:
             else:
                 discard = None
                 if core is not None:
-                    core.queue_limit = self._queue_limit
+                    core.queue_limit = self._queue_limit  # changed while it loaded
                     self._core = core
                     self._facts = _facts(core)
                     self._status = "ready"
@@ -177,18 +176,24 @@ class ModelSlot:
                 return False
             if now - self._last_active < idle_s:
                 return False
-            self._core = None
-            self._status = "sleeping"
-            self.sleeps += 1
+            self._core = None  # requests now wait in ``wait_ready`` until it is "sleeping"
+            self._last_stats = core.stats()
         log.info("%s idle for %.1fs: unloading its weights", self.model_id, idle_s)
         core.close()
         del core
         release_memory()
+        with self._cond:
+            # "sleeping" once the memory is back (a status poll never sees it still held)
+            if not self._closed:
+                self._status = "sleeping"
+            self.sleeps += 1
+            self._cond.notify_all()
         return True
 
-    # the core door (what the server calls) ------------------------------------------------
+    # the core door (``InferenceCore``: what the server and the runtime call) -------------
     @property
-    def status(self) -> str:
+    def state(self) -> str:
+        """loading | ready | failed | sleeping | unloaded"""
         return self._status
 
     @property
@@ -200,9 +205,15 @@ class ModelSlot:
         return self._error
 
     @property
-    def loaded(self) -> Any:
+    def capabilities(self) -> Any:
         core = self._core
-        return core.loaded if core is not None else self._facts
+        if core is not None:
+            return core.capabilities
+        if self._facts is not None:
+            return self._facts.capabilities
+        from .core import Capabilities
+
+        return Capabilities()  # not loaded yet: nothing known
 
     @property
     def context_length(self) -> int:
@@ -222,11 +233,34 @@ class ModelSlot:
             raise NotReadyError(f"the model {self.model_id} is {self._status}")
         return core
 
-    def set_queue_limit(self, limit: int) -> None:
+    @property
+    def queue_limit(self) -> int:
+        return self._queue_limit
+
+    @queue_limit.setter
+    def queue_limit(self, limit: int) -> None:
         with self._cond:
-            self._queue_limit = limit
+            self._queue_limit = int(limit)
             if self._core is not None:
-                self._core.queue_limit = limit
+                self._core.queue_limit = int(limit)
+
+    def cancel_all(self) -> None:
+        core = self._core
+        if core is not None:
+            core.cancel_all()
+
+    def stats(self) -> Any:
+        core = self._core
+        if core is not None:
+            return core.stats()
+        if self._last_stats is not None:
+            return self._last_stats
+        from .core import EngineStats
+
+        return EngineStats()
+
+    def count_tokens(self, prompt: Any) -> int:
+        return self._ready_core().count_tokens(prompt)
 
     def render(self, prompt: Any) -> Any:
         """On a worker thread: waits for (or starts) the model's load, then renders."""
@@ -260,6 +294,12 @@ class ModelSlot:
         return getattr(self._ready_core(), name)
 
     # status / close ---------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """The model's part of ``server_status``: ``{"model": {...}, "multimodal": ...}``."""
+        core = self._core
+        multimodal = core.status().get("multimodal") if core is not None else None
+        return {"model": self.describe(), "multimodal": multimodal}
+
     def describe(self) -> dict[str, Any]:
         """``server_status``'s ``model`` object."""
         with self._cond:
@@ -291,6 +331,8 @@ class ModelSlot:
                 self._progress.cancel()
             thread, core, self._core = self._thread, self._core, None
             self._status = "unloaded"
+            if core is not None:
+                self._last_stats = core.stats()
             self._cond.notify_all()
         if thread is not None and thread is not threading.current_thread():
             thread.join(_CANCEL_JOIN_S)
@@ -308,7 +350,6 @@ def _facts(core: "MlxCore") -> ModelFacts:
         model_type=loaded.model_type,
         context_length=loaded.context_length,
         thinking_enabled=loaded.thinking_enabled,
-        capabilities=frozenset(loaded.capabilities),
-        parser_spec=loaded.parser_spec,
+        capabilities=core.capabilities,
         weight_bytes=weight_bytes_of_dir(Path(loaded.model_path)),
     )

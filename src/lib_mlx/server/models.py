@@ -39,7 +39,7 @@ async def health(request: Request) -> JSONResponse:
         {
             "status": "ok",
             "model": ctx.model_id,
-            "model_status": getattr(core, "status", "ready"),  # "sleeping" after an idle unload
+            "model_status": getattr(core, "state", "ready"),  # "sleeping" after an idle unload
             "in_flight": core.in_flight,
         }
     )

@@ -20,7 +20,7 @@ from .errors import error_response
 
 def not_ready_error(core: Any) -> LibMlxError | None:
     """Why ``core`` cannot take a request now, or None."""
-    status = getattr(core, "status", "ready")
+    status = getattr(core, "state", "ready")
     if status == "loading" and getattr(core, "loads", 1) == 0:
         progress = (core.describe().get("progress") or {}) if hasattr(core, "describe") else {}
         done, total = progress.get("bytes_done", 0), progress.get("bytes_total", 0)
