@@ -284,9 +284,6 @@ class ModelSlot:
         self._last_active = time.monotonic()
         return core.submit(prompt, params, **kwargs)
 
-    def check_request(self, n_prompt: int, max_tokens: int | None) -> None:
-        self._ready_core().check_request(n_prompt, max_tokens)
-
     def __getattr__(self, name: str) -> Any:
         # Anything else of the core's face, from the ready core.
         if name.startswith("_"):

@@ -65,11 +65,6 @@ class InferenceCore(Protocol):
         """The prompt's length as the model reads it (media expanded to their soft tokens)."""
         ...
 
-    def check_request(self, n_prompt: int, max_tokens: int | None) -> None:
-        """Raise ``ContextLengthExceededError`` when the request's KV cache would pass the
-        per-request budget (before any work)."""
-        ...
-
     def announce(self) -> Arrival | None:
         """A request is on its way (its prompt renders); pass the result to ``submit``."""
         ...
@@ -83,7 +78,9 @@ class InferenceCore(Protocol):
         arrival: Arrival | None = None,
     ) -> Generation:
         """Queue a generation; its events arrive through the returned handle (on ``loop`` when
-        given, else for synchronous iteration). Raises ``QueueFullError`` / ``CancelledError``."""
+        given, else for synchronous iteration). Raises ``QueueFullError`` / ``CancelledError``,
+        and ``ContextLengthExceededError`` for a request whose KV cache would not fit (before
+        any work)."""
         ...
 
     def cancel_all(self) -> None: ...
@@ -172,9 +169,9 @@ class MlxCore:
     def render(self, prompt: ChatPrompt) -> RenderedPrompt:
         return render(self.loaded, prompt)
 
-    def check_request(self, n_prompt: int, max_tokens: int | None) -> None:
+    def check_fits(self, n_prompt: int, max_tokens: int | None) -> None:
         """400 ``context_length_exceeded`` before any work when the request's KV cache would
-        pass the per-request budget (``core.memory_guard``)."""
+        pass the per-request budget (``core.memory_guard``); ``submit`` checks it."""
         loaded = self.loaded
         if max_tokens is not None and loaded.declared_context_length:
             # max_tokens beyond the model's context is clamped to it (not refused)
@@ -200,6 +197,7 @@ class MlxCore:
         loop: asyncio.AbstractEventLoop | None = None,
         arrival: Arrival | None = None,
     ) -> Generation:
+        self.check_fits(len(prompt.tokens), params.max_tokens)
         return self._engine.submit(prompt, params, loop=loop, arrival=arrival)
 
     def cancel_all(self) -> None:

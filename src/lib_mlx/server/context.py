@@ -88,14 +88,13 @@ class ServerContext:
         if requested and requested not in (self.model_id, self.core.model_id):
             raise ModelNotFoundError(f"The model '{requested}' does not exist; this server serves '{self.model_id}'.", param="model")
 
-    def check_context(self, rendered: RenderedPrompt, max_tokens: int | None = None) -> None:
+    def check_context(self, rendered: RenderedPrompt) -> None:
         n, limit = len(rendered.tokens), self.core.context_length
         if n >= limit:
             raise ContextLengthExceededError(
                 f"This model's maximum context length is {limit} tokens, but the prompt has {n} tokens.",
                 param="messages",
             )
-        self.core.check_request(n, max_tokens)  # the per-request KV-cache budget
 
     async def render(self, prompt: Any) -> RenderedPrompt:
         """Render in a thread, the request announced to the engine meanwhile (requests of a

@@ -235,17 +235,14 @@ def chat_prompt(
     )
 
 
-async def prepare(
-    ctx: Any, prompt: ChatPrompt, *, param: str = "messages", generate: bool = True, max_tokens: int | None = None
-) -> RenderedPrompt:
-    """Decode the prompt's media, render it, and refuse a prompt that fills the context, or
-    whose KV cache with ``max_tokens`` more would pass the per-request budget.
+async def prepare(ctx: Any, prompt: ChatPrompt, *, param: str = "messages", generate: bool = True) -> RenderedPrompt:
+    """Decode the prompt's media, render it, and refuse a prompt that fills the context.
     ``param`` is the API's name for the conversation (``messages``, ``input``): errors name it.
     ``generate=False`` (counting tokens) renders without announcing a request to the engine."""
     await decode_prompt_media(ctx, prompt, param_prefix=param)
     try:
         rendered = await (ctx.render(prompt) if generate else asyncio.to_thread(ctx.core.render, prompt))
-        ctx.check_context(rendered, max_tokens)
+        ctx.check_context(rendered)
     except InvalidRequestError as exc:
         if exc.param == "messages":  # the core speaks chat
             exc.param = param

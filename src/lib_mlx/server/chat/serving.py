@@ -76,7 +76,7 @@ async def create_chat_completion(request: Request) -> Response:
     ctx: ServerContext = request.app.state.ctx
     req = rules.parse(ChatCompletionRequest, await read_payload(ctx, request), api="chat")
     ctx.check_model(req.model)
-    rendered = await rules.prepare(ctx, to_chat_prompt(req), max_tokens=req.max_new_tokens())
+    rendered = await rules.prepare(ctx, to_chat_prompt(req))
     generation = ctx.submit(rendered, to_sampling(req))
     model = req.model or ctx.model_id
     if req.stream:

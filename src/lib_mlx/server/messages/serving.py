@@ -58,7 +58,7 @@ async def create_message(request: Request) -> Response:
     ctx: ServerContext = request.app.state.ctx
     req = parse_message_request(await read_payload(ctx, request))
     ctx.check_model(req.model)
-    rendered = await rules.prepare(ctx, to_chat_prompt(req), max_tokens=req.max_tokens)
+    rendered = await rules.prepare(ctx, to_chat_prompt(req))
     generation = ctx.submit(rendered, to_sampling(req))
     encoder = MessageEncoder(model=req.model or ctx.model_id, input_tokens=len(rendered.tokens))
     if req.stream:

@@ -120,7 +120,7 @@ async def create_response(request: Request) -> Response:
             )
         items = previous.conversation() + items
 
-    rendered = await rules.prepare(ctx, to_chat_prompt(req, items), param="input", max_tokens=req.max_output_tokens)
+    rendered = await rules.prepare(ctx, to_chat_prompt(req, items), param="input")
     generation = ctx.submit(rendered, to_sampling(req))
     encoder = ResponseEncoder(base=response_skeleton(req, req.model or ctx.model_id))
 
