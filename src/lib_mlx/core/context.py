@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .decode import RequestStream
 from .events import Done, Failed, Usage
@@ -20,6 +20,9 @@ from .prompt_cache import PromptCache, generation_prompt_tails, history_end, nee
 from .request import Job, SamplingParams
 from .sampling import Sampler, request_sampler
 from .stats import StatsRecorder
+
+if TYPE_CHECKING:
+    from .distributed import Lockstep
 
 
 class RunContext:
@@ -37,6 +40,8 @@ class RunContext:
         self.prompt_cache = prompt_cache
         self.stats = stats
         self.free_slot = free_slot  # frees the request's queue slot (idempotent)
+        # A model sharded over several processes: how its ranks keep in step (else None).
+        self.lockstep: Lockstep | None = None
 
     # the model's caches ----------------------------------------------------------------
     @functools.cached_property
@@ -93,6 +98,8 @@ class RunContext:
 
     def fail(self, job: Job, exc: BaseException) -> None:
         """End the request with ``Failed`` (the worker goes on)."""
+        if self.lockstep is not None:
+            self.lockstep.request_failed(exc)
         self.fail_with(job, generation_failure(exc))
 
     def fail_with(self, job: Job, error: Any) -> None:
