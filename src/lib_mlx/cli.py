@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import contextlib
 import itertools
+import os
 import sys
 import threading
 import time
