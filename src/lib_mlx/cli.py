@@ -62,7 +62,19 @@ def _load(runtime: LibMlxRuntime, config: MlxModelConfig) -> int:
         return runtime.load_model(config)
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops like Ctrl-C: open requests end with an error, the model unloads. (mlx.launch
+    sends it to every rank when one rank exits.)"""
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    _stop_on_sigterm()
     runtime = LibMlxRuntime()
     model = MlxModelConfig(
         model_path=args.model,
@@ -70,6 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         thinking_enabled=not args.no_thinking,
         distributed=args.distributed,
         distributed_backend=args.distributed_backend,
+        distributed_timeout_s=args.distributed_timeout,
     )
     handle = _load(runtime, model)
     rank = runtime.distributed_rank(handle)
@@ -91,6 +104,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     info = runtime.start_server(handle, server)
     print(f"Serving {info.model_id} at {info.base_url}/v1", flush=True)
+    sharded = runtime.server_status(handle)["model"].get("distributed")
+    if sharded:
+        per_rank = ", ".join(f"rank {m['rank']} {m['active_bytes'] / 1e6:.1f} MB" for m in sharded["rank_memory"])
+        print(f"Sharded ({sharded['mode']}) over {sharded['ranks']} ranks: {per_rank}", flush=True)
     if info.api_key:
         print(f"API key: {info.api_key}", flush=True)
     if server.chat_page:
@@ -208,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve one model sharded over the processes that mlx.launch started (see `lib-mlx launch`)",
     )
     serve.add_argument("--distributed-backend", default="any", choices=("any", "ring", "mpi", "nccl", "jaccl"))
+    serve.add_argument(
+        "--distributed-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a step may wait for the other ranks before open requests fail (default 60)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     launch = sub.add_parser(

@@ -99,7 +99,7 @@ class RunContext:
     def fail(self, job: Job, exc: BaseException) -> None:
         """End the request with ``Failed`` (the worker goes on)."""
         if self.lockstep is not None:
-            self.lockstep.request_failed(exc)
+            exc = self.lockstep.request_failed(exc)
         self.fail_with(job, generation_failure(exc))
 
     def fail_with(self, job: Job, error: Any) -> None:

@@ -253,11 +253,13 @@ class Lockstep:
             # The ring backend says "connection to a peer was lost".
             raise self._fail(f"a rank of the distributed group failed: {exc}") from None
 
-    def request_failed(self, exc: BaseException) -> None:
+    def request_failed(self, exc: BaseException) -> BaseException:
         """A request raised ``exc``: once the ranks were inside its steps, they may have fallen
-        out of step, so the group is failed (before that, only the request is)."""
-        if self.in_request and self.failure is None:
-            self._fail(f"a distributed step failed, so the ranks may be out of step: {type(exc).__name__}: {exc}")
+        out of step (a peer lost shows here too, raised inside a sharded forward pass), so the
+        group fails and the request reports that. Before, only the request fails, with ``exc``."""
+        if not self.in_request and self.failure is None:
+            return exc
+        return self._fail(f"a distributed step failed, so the ranks may be out of step: {type(exc).__name__}: {exc}")
 
     def _fail(self, message: str) -> RankFailedError:
         if self.failure is None:
