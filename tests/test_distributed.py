@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +22,7 @@ import httpx
 import pytest
 
 from lib_mlx.tiny_models import TRIGGERS
+from lib_mlx.tiny_models.variants import as_qwen2
 
 ANSWER = ["<think>", "\nHmm", ".\n", "</think>", "\n\n", "Hi", " there", "!"]
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -44,28 +44,6 @@ def _free_ports(n: int) -> int:
         except OSError:
             continue
     raise RuntimeError("no free consecutive ports")
-
-
-def as_qwen2(src: Path, dst: Path) -> Path:
-    """The scripted Qwen3 model as a Qwen2 checkpoint (mlx-lm pipelines Qwen2, not Qwen3):
-    q/k norms dropped, zero q/k/v biases added. The attention output projections are zero in a
-    scripted model, so the text it writes is unchanged."""
-    import mlx.core as mx
-
-    shutil.copytree(src, dst, dirs_exist_ok=True)
-    config = json.loads((src / "config.json").read_text())
-    config.update(model_type="qwen2", architectures=["Qwen2ForCausalLM"])
-    (dst / "config.json").write_text(json.dumps(config, indent=2))
-    weights = mx.load(str(src / "model.safetensors"))
-    out = {k: v for k, v in weights.items() if not k.endswith(("q_norm.weight", "k_norm.weight"))}
-    for key, value in weights.items():
-        for proj in ("q_proj", "k_proj", "v_proj"):
-            if key.endswith(f"self_attn.{proj}.weight"):
-                out[key[: -len("weight")] + "bias"] = mx.zeros((value.shape[0],), dtype=value.dtype)
-    mx.save_safetensors(str(dst / "model.safetensors"), out, metadata={"format": "mlx"})
-    index = {"metadata": {}, "weight_map": {k: "model.safetensors" for k in out}}
-    (dst / "model.safetensors.index.json").write_text(json.dumps(index))
-    return dst
 
 
 @dataclass

@@ -93,25 +93,38 @@ def init_group(backend: str = "any") -> Any:
     return group
 
 
-def supported_modes(model: Any) -> list[ShardMode]:
-    """The sharding modes a (lazily loaded) mlx-lm model implements, preferred first."""
-    modes: list[ShardMode] = []
-    if hasattr(model, "shard"):
-        modes.append("tensor")
-    if hasattr(getattr(model, "model", None), "pipeline"):
-        modes.append("pipeline")
-    return modes
+def supported_modes(model: Any, config: dict[str, Any], ranks: int) -> dict[ShardMode, str | None]:
+    """Each sharding mode and why this model cannot use it over ``ranks`` ranks (None: it can).
+    mlx-lm splits attention heads and MLP rows for tensor parallelism, so both head counts must
+    divide evenly; pipelining needs a layer per rank."""
+    text = config.get("text_config") or config
+    why: dict[ShardMode, str | None] = {}
+    if not hasattr(model, "shard"):
+        why["tensor"] = "mlx-lm has no tensor parallelism for this architecture"
+    else:
+        heads = [text.get(k) for k in ("num_attention_heads", "num_key_value_heads") if isinstance(text.get(k), int)]
+        uneven = [h for h in heads if h % ranks]
+        why["tensor"] = f"its head counts {heads} do not divide over {ranks} ranks" if uneven else None
+    if not hasattr(getattr(model, "model", None), "pipeline"):
+        why["pipeline"] = "mlx-lm has no pipeline stages for this architecture"
+    else:
+        layers = text.get("num_hidden_layers")
+        short = isinstance(layers, int) and layers < ranks
+        why["pipeline"] = f"its {layers} layers are fewer than {ranks} ranks" if short else None
+    return why
 
 
-def choose_mode(model: Any, requested: str) -> ShardMode:
-    modes = supported_modes(model)
+def choose_mode(model: Any, config: dict[str, Any], ranks: int, requested: str) -> ShardMode:
+    why = supported_modes(model, config, ranks)
     if requested in ("auto", "", None):
-        if not modes:
-            raise ModelLoadError("this model's architecture supports neither tensor nor pipeline sharding in mlx-lm")
-        return modes[0]
-    if requested not in modes:
-        have = ", ".join(modes) or "none"
-        raise ModelLoadError(f"this model does not support {requested} sharding (supported: {have})")
+        for mode, reason in why.items():  # tensor first: every rank works on every token
+            if reason is None:
+                return mode
+        reasons = "; ".join(f"{mode}: {reason}" for mode, reason in why.items())
+        raise ModelLoadError(f"this model cannot be sharded over {ranks} ranks ({reasons})")
+    reason = why.get(requested)  # type: ignore[call-overload]
+    if reason is not None:
+        raise ModelLoadError(f"this model cannot use {requested} sharding: {reason}")
     return requested  # type: ignore[return-value]
 
 
@@ -119,12 +132,11 @@ def load_sharded(
     path: Path, requested_mode: str, backend: str = "any", timeout_s: float = 60.0
 ) -> tuple[Any, Any, DistributedInfo]:
     """Load this rank's shard of the model at ``path``: (model, tokenizer, info)."""
-    import mlx.core as mx
     from mlx_lm.utils import load_model, sharded_load
 
     group = init_group(backend)
-    lazy, _ = load_model(path, lazy=True, strict=False)
-    mode = choose_mode(lazy, requested_mode)
+    lazy, config = load_model(path, lazy=True, strict=False)
+    mode = choose_mode(lazy, config, group.size(), requested_mode)
     del lazy
     if mode == "tensor":
         model, tokenizer = sharded_load(str(path), None, group)
