@@ -12,6 +12,7 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..errors import LibMlxError
 from .decode import RequestStream
 from .events import Done, Failed, Usage
 from .failures import generation_failure
@@ -44,12 +45,17 @@ class RunContext:
         self.lockstep: Lockstep | None = None
 
     # the model's caches ----------------------------------------------------------------
-    @functools.cached_property
-    def model_caches(self) -> list[Any]:
-        """A fresh cache of the model's kind, to read its layer types from (built once)."""
+    def new_cache(self) -> list[Any]:
+        """An empty KV cache for one request run alone (one entry per layer, of the kinds the
+        model asks for). The batch builds its own from these kinds (``batching``)."""
         from mlx_lm.models.cache import make_prompt_cache
 
         return make_prompt_cache(self.loaded.model)
+
+    @functools.cached_property
+    def model_caches(self) -> list[Any]:
+        """A fresh cache of the model's kind, to read its layer types from (built once)."""
+        return self.new_cache()
 
     @functools.cached_property
     def batchable_model(self) -> bool:
@@ -102,7 +108,8 @@ class RunContext:
             exc = self.lockstep.request_failed(exc)
         self.fail_with(job, generation_failure(exc))
 
-    def fail_with(self, job: Job, error: Any) -> None:
+    def fail_with(self, job: Job, error: LibMlxError) -> None:
+        """End the request with ``Failed(error)``, an error already classified."""
         self.free_slot(job)
         self.stats.count("failed")
         job.generation.deliver([Failed(error)])

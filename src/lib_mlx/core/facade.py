@@ -12,7 +12,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from ..config import MlxModelConfig
+from ..config import DEFAULT_PROMPT_CACHE_BYTES, MlxModelConfig
 from ..errors import LibMlxError
 from .engine import Engine
 from .loader import LoadedModel, load
@@ -60,6 +60,10 @@ class InferenceCore(Protocol):
         """Messages -> tokens through the model's chat template (thread-safe; may be slow)."""
         ...
 
+    def count_tokens(self, prompt: RenderedPrompt) -> int:
+        """The prompt's length as the model reads it (media expanded to their soft tokens)."""
+        ...
+
     def announce(self) -> Arrival | None:
         """A request is on its way (its prompt renders); pass the result to ``submit``."""
         ...
@@ -88,10 +92,11 @@ class InferenceCore(Protocol):
 class MlxCore:
     """One loaded model and the worker that generates with it (the real ``InferenceCore``)."""
 
-    def __init__(self, loaded: LoadedModel, queue_limit: int = 1, *, prompt_cache_bytes: int | None = None) -> None:
+    def __init__(
+        self, loaded: LoadedModel, queue_limit: int = 1, *, prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES
+    ) -> None:
         self.loaded = loaded
-        kwargs = {} if prompt_cache_bytes is None else {"prompt_cache_bytes": prompt_cache_bytes}
-        self._engine = Engine(loaded, queue_limit=queue_limit, **kwargs)
+        self._engine = Engine(loaded, queue_limit=queue_limit, prompt_cache_bytes=prompt_cache_bytes)
 
     @classmethod
     def load(cls, config: MlxModelConfig, queue_limit: int = 1) -> "MlxCore":
@@ -176,6 +181,13 @@ class MlxCore:
     # requests --------------------------------------------------------------------------
     def render(self, prompt: ChatPrompt) -> RenderedPrompt:
         return render(self.loaded, prompt)
+
+    def count_tokens(self, prompt: RenderedPrompt) -> int:
+        """The prompt's length as the model reads it: media expanded to their soft tokens
+        (the processor only; no tower runs)."""
+        if not prompt.media or self.loaded.vlm is None:
+            return len(prompt.tokens)
+        return self.loaded.vlm.count_tokens(prompt.text, prompt.media)
 
     def announce(self) -> Arrival | None:
         """A request is on its way (see ``Engine.announce``); pass the result to ``submit``."""

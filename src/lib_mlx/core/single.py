@@ -64,7 +64,6 @@ def run(ctx: RunContext, job: Job, *, still_alone: Callable[[], bool] | None = N
 def _generate(ctx: RunContext, job: Job, still_alone: Callable[[], bool] | None) -> Handoff | None:
     import mlx.core as mx
     from mlx_lm.generate import generate_step
-    from mlx_lm.models.cache import make_prompt_cache
 
     t_start = time.perf_counter()
     ctx.stats.count("single_runs")
@@ -77,7 +76,7 @@ def _generate(ctx: RunContext, job: Job, still_alone: Callable[[], bool] | None)
     n_prompt = len(tokens)
     store = ctx.prompt_cache if (inputs.cacheable and ctx.prompt_cache.enabled) else None
     hit = store.fetch(tokens) if store is not None else None
-    cache = hit.cache if hit is not None else make_prompt_cache(loaded.model)
+    cache = hit.cache if hit is not None else ctx.new_cache()
     reused = hit.reused if hit is not None else 0
     if hit is not None:
         reserve(cache, n_prompt - reused)
