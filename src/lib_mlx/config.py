@@ -42,7 +42,7 @@ class MlxModelConfig:
     # The KV caches of earlier prompts kept for reuse, in bytes (0 turns reuse off). The
     # environment variable LIB_MLX_PROMPT_CACHE_BYTES overrides it (``with_env_overrides``).
     prompt_cache_bytes: int = Field(default=DEFAULT_PROMPT_CACHE_BYTES, ge=0)
-    # Sharded over the ranks that ``mlx.launch`` started (``core.distributed``): "tensor",
+    # Sharded over the ranks that ``mlx.launch`` started (``core.sharding``): "tensor",
     # "pipeline", or "auto" (what the architecture supports, tensor first); None: one process.
     distributed: Literal["auto", "tensor", "pipeline"] | None = None
     distributed_backend: Literal["any", "ring", "mpi", "nccl", "jaccl"] = "any"

@@ -23,7 +23,7 @@ from .sampling import Sampler, request_sampler
 from .stats import StatsRecorder
 
 if TYPE_CHECKING:
-    from .distributed import Lockstep
+    from .lockstep import Lockstep
 
 
 class RunContext:

@@ -42,7 +42,7 @@ from .single import Handoff
 from .stats import EngineStats, StatsRecorder
 
 if TYPE_CHECKING:
-    from .distributed import Lockstep
+    from .lockstep import Lockstep
 
 log = logging.getLogger("lib_mlx.engine")
 
@@ -263,7 +263,7 @@ def _lockstep(loaded: LoadedModel, prompt_cache: PromptCache, on_stall: Callable
     """How a sharded model's ranks keep in step. Each rank keeps its own prompt cache and must
     make the same decisions with it as rank 0 does: bytes per rank differ (a pipeline stage
     holds only its layers' KV), so the cache is bounded by its entry count alone."""
-    from .distributed import Lockstep
+    from .lockstep import Lockstep
 
     info = loaded.distributed
     prompt_cache.max_bytes = prompt_cache.max_bytes and (1 << 62)

@@ -34,7 +34,7 @@ class LoadedModel:
     # A model with vision/audio towers: the ``core.vlm.VlmModel`` (``model`` is then its
     # mlx-lm-shaped language half and ``tokenizer`` its mlx-lm tokenizer).
     vlm: Any = None
-    # A model sharded over several processes: ``core.distributed.DistributedInfo``.
+    # A model sharded over several processes: ``core.sharding.DistributedInfo``.
     distributed: Any = None
 
     @property
@@ -139,8 +139,8 @@ def load(config: MlxModelConfig) -> LoadedModel:
 
 
 def _load_sharded(path: Path, config: MlxModelConfig) -> tuple[Any, Any, Any]:
-    """This rank's shard of a model served by several processes (``core.distributed``)."""
-    from .distributed import load_sharded
+    """This rank's shard of a model served by several processes (``core.sharding``)."""
+    from .sharding import load_sharded
     from .vlm import is_multimodal_model_dir
 
     if is_multimodal_model_dir(path):
