@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .config import MlxModelConfig, MlxServerConfig, ServerInfo, with_env_overrides
-from .errors import ServerNotRunningError, UnknownHandleError
+from .errors import InvalidConfigError, LibMlxError, ServerNotRunningError, UnknownHandleError
 from .slot import ModelSlot
 
 if TYPE_CHECKING:
@@ -84,6 +84,9 @@ class LibMlxRuntime:
             self._check_alive(entry)
             if entry.server is not None and entry.server.running:
                 return entry.server.info
+            core = entry.slot.core
+            if core is not None and core.rank:
+                raise InvalidConfigError(f"rank {core.rank} of a distributed model follows rank 0; only rank 0 serves")
             entry.slot.queue_limit = settings.queue_limit
             entry.server = ServerHandle(entry.slot, settings)
             if settings.idle_unload_s:
@@ -151,6 +154,20 @@ class LibMlxRuntime:
                 self.unload_model(handle)
             except UnknownHandleError:
                 pass
+
+    # a model sharded over several processes (``lib-mlx serve --distributed``) -------------
+    def distributed_rank(self, handle: int) -> int:
+        """This process's rank for a sharded model (0 serves; 0 also when not sharded)."""
+        entry = self._entry(handle)
+        return entry.slot.wait_ready().rank
+
+    def follow(self, handle: int) -> LibMlxError | None:
+        """On a rank other than 0: run rank 0's requests until it stops (blocking); the error
+        that ended the group, if one did."""
+        entry = self._entry(handle)
+        with entry.lock:
+            self._check_alive(entry)
+        return entry.slot.wait_ready().follow()
 
     # conveniences -------------------------------------------------------------------------
     def server_info(self, handle: int) -> ServerInfo:

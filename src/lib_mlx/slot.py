@@ -292,33 +292,40 @@ class ModelSlot:
 
     # status / close ---------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        """The model's part of ``server_status``: ``{"model": {...}, "multimodal": ...}``."""
-        core = self._core
-        multimodal = core.status().get("multimodal") if core is not None else None
-        return {"model": self.describe(), "multimodal": multimodal}
+        """The model's part of ``server_status``: ``{"model": {...}, "multimodal": ...}`` --
+        the core's own while it is loaded (an engine failure shows there), with the load's
+        ``progress`` and ``loads`` added."""
+        with self._cond:
+            core, facts, state, error, progress = self._core, self._facts, self._status, self._error, self._progress
+        multimodal = None
+        if core is not None:
+            body = core.status()
+            model = dict(body["model"])
+            multimodal = body.get("multimodal")
+        else:
+            model = {
+                "status": state,
+                "model_id": facts.model_id if facts else self.model_id,
+                "model_path": facts.model_path if facts else self.config.model_path,
+            }
+            if facts is not None:
+                model.update(
+                    model_type=facts.model_type,
+                    context_length=facts.context_length,
+                    thinking_enabled=facts.thinking_enabled,
+                )
+            if error is not None and state == "failed":
+                model["error"] = error.to_abi()["error"]
+        if facts is not None:
+            model["weight_bytes"] = facts.weight_bytes
+        if progress is not None:
+            model["progress"] = progress.snapshot()
+        model["loads"] = self.loads
+        return {"model": model, "multimodal": multimodal}
 
     def describe(self) -> dict[str, Any]:
         """``server_status``'s ``model`` object."""
-        with self._cond:
-            core, facts, status, error, progress = self._core, self._facts, self._status, self._error, self._progress
-        body: dict[str, Any] = {
-            "status": status,
-            "model_id": facts.model_id if facts else self.model_id,
-            "model_path": facts.model_path if facts else self.config.model_path,
-        }
-        if facts is not None:
-            body.update(
-                model_type=facts.model_type,
-                context_length=core.context_length if core is not None else facts.context_length,
-                thinking_enabled=facts.thinking_enabled,
-                weight_bytes=facts.weight_bytes,
-            )
-        if progress is not None:
-            body["progress"] = progress.snapshot()
-        if error is not None and status == "failed":
-            body["error"] = error.to_abi()["error"]
-        body["loads"] = self.loads
-        return body
+        return self.status()["model"]
 
     def close(self) -> None:
         """Cancel a load in progress (waiting for it to stop) and free the model."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LibMlxError
 from .decode import RequestStream
@@ -21,6 +21,9 @@ from .prompt_cache import PromptCache, generation_prompt_tails, history_end, nee
 from .request import Job, SamplingParams
 from .sampling import Sampler, request_sampler
 from .stats import StatsRecorder
+
+if TYPE_CHECKING:
+    from .lockstep import Lockstep
 
 
 class RunContext:
@@ -38,6 +41,8 @@ class RunContext:
         self.prompt_cache = prompt_cache
         self.stats = stats
         self.free_slot = free_slot  # frees the request's queue slot (idempotent)
+        # A model sharded over several processes: how its ranks keep in step (else None).
+        self.lockstep: Lockstep | None = None
 
     # the model's caches ----------------------------------------------------------------
     def new_cache(self) -> list[Any]:
@@ -99,6 +104,8 @@ class RunContext:
 
     def fail(self, job: Job, exc: BaseException) -> None:
         """End the request with ``Failed`` (the worker goes on)."""
+        if self.lockstep is not None:
+            exc = self.lockstep.request_failed(exc)
         self.fail_with(job, generation_failure(exc))
 
     def fail_with(self, job: Job, error: LibMlxError) -> None:

@@ -37,6 +37,8 @@ class LoadedModel:
     # A model with vision/audio towers: the ``core.vlm.VlmModel`` (``model`` is then its
     # mlx-lm-shaped language half and ``tokenizer`` its mlx-lm tokenizer).
     vlm: Any = None
+    # A model sharded over several processes: ``core.sharding.DistributedInfo``.
+    distributed: Any = None
     # The memory guard's figures for one request's KV cache (``core.memory_guard``).
     kv_bytes_per_token: int = 0
     kv_budget_bytes: int = 0
@@ -68,7 +70,8 @@ def resolve_model_path(config: MlxModelConfig, progress: LoadProgress | None = N
     assert config.model_id
     from . import hub
 
-    return hub.resolve(config.model_id, config.revision, progress, before_download=_guard(config))[0]
+    guard = None if config.distributed else _guard(config)  # each rank holds a part only
+    return hub.resolve(config.model_id, config.revision, progress, before_download=guard)[0]
 
 
 def check_model_dir(model_path: str) -> Path:
@@ -111,18 +114,23 @@ def _generation_defaults(path: Path) -> dict[str, Any]:
 
 
 def load(config: MlxModelConfig, progress: LoadProgress | None = None) -> LoadedModel:
-    """Load the model and tokenizer with mlx-lm (the path a user's own model takes), reporting
-    to ``progress`` (whose ``cancel()`` stops it between steps and during a download)."""
+    """Load the model and tokenizer with mlx-lm (the path a user's own model takes), or this
+    rank's shard of it when ``config.distributed`` is set, reporting to ``progress`` (whose
+    ``cancel()`` stops it between steps and during a download)."""
     progress = progress or LoadProgress()
     path = resolve_model_path(config, progress)
     progress.enter("load")
-    if config.model_path:  # a hub model was checked before its download
-        _guard(config)(memory_guard.weight_bytes_of_dir(path))
+    if config.model_path and not config.distributed:  # a hub model was checked before its download;
+        _guard(config)(memory_guard.weight_bytes_of_dir(path))  # a sharded one holds a part
+    vlm = distributed = None
     try:
-        vlm = _load_multimodal(path, config)
-        import mlx_lm
+        if config.distributed:
+            model, tokenizer, distributed = _load_sharded(path, config)
+        else:
+            vlm = _load_multimodal(path, config)
+            import mlx_lm
 
-        model, tokenizer = (vlm.language, vlm.tokenizer) if vlm is not None else mlx_lm.load(str(path))
+            model, tokenizer = (vlm.language, vlm.tokenizer) if vlm is not None else mlx_lm.load(str(path))
     except (LibMlxError, LoadCancelled):
         raise
     except Exception as exc:
@@ -147,10 +155,21 @@ def load(config: MlxModelConfig, progress: LoadProgress | None = None) -> Loaded
         generation_defaults=_generation_defaults(path),
         thinking_enabled=config.thinking_enabled,
         vlm=vlm,
+        distributed=distributed,
         kv_bytes_per_token=kv_per_token,
         kv_budget_bytes=kv_budget,
         declared_context_length=declared_context,
     )
+
+
+def _load_sharded(path: Path, config: MlxModelConfig) -> tuple[Any, Any, Any]:
+    """This rank's shard of a model served by several processes (``core.sharding``)."""
+    from .sharding import load_sharded
+    from .vlm import is_multimodal_model_dir
+
+    if is_multimodal_model_dir(path):
+        raise ModelLoadError("distributed serving takes text models (mlx-lm's sharded_load); this one has vision/audio towers")
+    return load_sharded(path, config.distributed or "auto", config.distributed_backend, config.distributed_timeout_s)
 
 
 def _load_multimodal(path: Path, config: MlxModelConfig) -> Any:

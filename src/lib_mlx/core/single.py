@@ -67,6 +67,9 @@ def _generate(ctx: RunContext, job: Job, still_alone: Callable[[], bool] | None)
 
     t_start = time.perf_counter()
     ctx.stats.count("single_runs")
+    lockstep = ctx.lockstep
+    if lockstep is not None:
+        lockstep.begin(job)  # rank 0 hands the request to the other ranks (and seeds it)
     loaded, params = ctx.loaded, job.params
     inputs = prompt_inputs(loaded, job.prompt)
     tokens = inputs.tokens
@@ -108,6 +111,12 @@ def _generate(ctx: RunContext, job: Job, still_alone: Callable[[], bool] | None)
         for token, _ in steps:
             fed.append(token)
             finished = add(token)
+            if lockstep is not None:
+                # Every rank runs the forward passes rank 0 runs: it alone decides the end.
+                if lockstep.agree(finished is None):
+                    continue
+                reason = finished or "cancelled"
+                break
             if finished is not None:
                 reason = finished
                 break
