@@ -30,6 +30,9 @@ class MlxModelConfig:
     revision: str | None = None
     thinking_enabled: bool = True
     lazy_encoders: bool = True
+    # The model family (``core.parsers``: "qwen3", "gemma4", ...) for a repository that
+    # detection misses; None detects it from the template and vocabulary.
+    family: str | None = None
 
     def __post_init__(self) -> None:
         if not self.model_path and not self.model_id:

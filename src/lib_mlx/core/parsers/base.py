@@ -32,7 +32,7 @@ import functools
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from mlx_lm.generate import TextStateMachine
 
@@ -55,9 +55,51 @@ class ParserSpec:
     tool_parser: str | None = None
 
 
+def openai_call_id() -> str:
+    """``call_`` + 24 hex digits, the id OpenAI's own API issues."""
+    return "call_" + uuid.uuid4().hex[:24]
+
+
+@dataclass(frozen=True)
+class CallSyntax:
+    """How a family writes one tool call, as data (forced calls open with it; a grammar for
+    constrained decoding can be built from it).
+
+    ``start`` opens a call block and ``end`` closes it (None: the block lasts to the end of the
+    generation). ``named`` is what follows ``start`` up to where the arguments begin, with
+    ``{name}`` for the function's name. ``arguments`` names the argument format (``"json"``: a
+    JSON object; ``"gemma4"``: Gemma 4's bare-key syntax). ``separator`` goes between two calls
+    of one block (None: each call gets its own block)."""
+
+    start: str
+    end: str | None
+    named: str
+    arguments: str = "json"
+    separator: str | None = None
+
+    def opening(self, name: str | None) -> str:
+        """The text that forces a call (to ``name``, when given) at the end of a prompt."""
+        return self.start + (self.named.replace("{name}", name) if name else "")
+
+
+# Which prior assistant turns keep their reasoning in the prompt.
+KEEP_TOOL_LOOP = "tool_loop"  # only turns after the last user message (the loop in progress)
+KEEP_ALL = "all"
+KEEP_NONE = "none"
+
+
 @dataclass(frozen=True)
 class Family:
-    """A registered output family: default markers and the syntax of its tool calls."""
+    """Everything family-specific: default markers and the syntax of its tool calls (for the
+    parser), the call syntax as data (forced calls), the template switches that turn thinking
+    on and off, how history is prepared for its template, and its tool-call id rule.
+
+    ``thinking_switches``: template variables set to the thinking toggle (Granite 3.3 reads
+    ``thinking``, most ``enable_thinking``). ``effort_variable``: where the template reads a
+    reasoning effort (gpt-oss: ``reasoning_effort``). ``keep_reasoning``: which prior
+    assistant turns keep their reasoning (``KEEP_*``). ``prepare_history``: a last edit of the
+    normalized messages (in place). ``call_id``: a fresh tool-call id; ``valid_call_id``: an id
+    the template accepts (ids from a client that fail it are rewritten consistently)."""
 
     name: str
     call_block: Callable[..., CallBlock] | None = None  # CallBlock subclass; None: no tool calls
@@ -66,6 +108,13 @@ class Family:
     tool_call_start: str | None = None
     tool_call_end: str | None = None
     use_markers: bool = True  # False: text passes through untouched (plain models)
+    syntax: CallSyntax | None = None
+    thinking_switches: tuple[str, ...] = ("enable_thinking",)
+    effort_variable: str | None = None
+    keep_reasoning: str = KEEP_TOOL_LOOP
+    prepare_history: Callable[[list[dict[str, Any]]], None] | None = None
+    call_id: Callable[[], str] = openai_call_id
+    valid_call_id: Callable[[str], bool] | None = None
 
     def markers(self, spec: ParserSpec) -> tuple[str | None, str | None, str | None, str | None]:
         if not self.use_markers:
@@ -79,6 +128,23 @@ class Family:
         if not cs or self.call_block is None:
             cs = ce = None
         return ts, te, cs, ce
+
+    def template_kwargs(self, thinking: bool, effort: str | None = None) -> dict[str, Any]:
+        """The template variables for a thinking toggle (and a reasoning effort)."""
+        kwargs: dict[str, Any] = {switch: thinking for switch in self.thinking_switches}
+        if self.effort_variable and effort and effort != "none":
+            kwargs[self.effort_variable] = effort
+        return kwargs
+
+    def forced_call(self, tool_choice: Any) -> str:
+        """``tool_choice`` "required" or a named function: the text that opens a call at the end
+        of the prompt, so that the model must write one ("" where the family has no syntax)."""
+        if self.syntax is None or tool_choice in (None, "auto", "none"):
+            return ""
+        name = None
+        if isinstance(tool_choice, dict):
+            name = (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
+        return self.syntax.opening(name)
 
 
 class CallBlock:
@@ -154,8 +220,9 @@ class CallBlock:
     def _complete_enough(self) -> bool:
         return False
 
-    def _commit(self, name: str) -> None:
-        index, call_id = self._parser._call_start(self, name)
+    def _commit(self, name: str, call_id: str | None = None) -> None:
+        """``call_id``: an id the model wrote itself (kept); else the family makes one."""
+        index, call_id = self._parser._call_start(self, name, call_id)
         self._open = [index, call_id, name, []]
 
     def _delta(self, text: str) -> None:
@@ -414,10 +481,10 @@ class StreamParser:
         return events
 
     # -- calls (called by CallBlock) ---------------------------------------------------------
-    def _call_start(self, block: CallBlock, name: str) -> tuple[int, str]:
+    def _call_start(self, block: CallBlock, name: str, call_id: str | None = None) -> tuple[int, str]:
         index = self._calls
         self._calls += 1
-        call_id = "call_" + uuid.uuid4().hex[:24]
+        call_id = call_id or self.family.call_id()
         if block.origin == NORMAL:
             self._content_ws = ""
         self._push(ToolCallStart(index, call_id, name))
