@@ -32,6 +32,16 @@ class MlxCore:
     def render(self, prompt: ChatPrompt) -> RenderedPrompt:
         return render(self.loaded, prompt)
 
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return list(self.loaded.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self.loaded.tokenizer.decode(tokens, skip_special_tokens=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.loaded.tokenizer._tokenizer)
+
     def announce(self) -> Arrival | None:
         """A request is on its way (see ``Engine.announce``); pass the result to ``submit``."""
         return self.engine.announce()

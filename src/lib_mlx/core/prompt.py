@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import InvalidRequestError
 from .loader import LoadedModel
+from .template import apply_chat_template
 
 
 @dataclass
@@ -180,9 +181,7 @@ def render(loaded: LoadedModel, prompt: ChatPrompt) -> RenderedPrompt:
         text = "\n".join(f"{m['role']}: {_text_of(m['content'])}" for m in messages) + "\nassistant: "
     else:
         try:
-            text = tokenizer.apply_chat_template(
-                messages, tools=tools, add_generation_prompt=True, tokenize=False, **kwargs
-            )
+            text = apply_chat_template(tokenizer, messages, tools, **kwargs)
         except Exception as exc:  # template errors are the caller's input problem
             raise InvalidRequestError(f"the chat template rejected these messages: {exc}", param="messages") from None
     prefix = family.forced_call(prompt.tool_choice) if tools and family.markers(loaded.parser_spec)[2] else ""

@@ -115,12 +115,24 @@ class Family:
     prepare_history: Callable[[list[dict[str, Any]]], None] | None = None
     call_id: Callable[[], str] = openai_call_id
     valid_call_id: Callable[[str], bool] | None = None
+    # True: the family's own markers, whatever mlx-lm inferred from the vocabulary (families
+    # mlx-lm does not know); False: markers the tokenizer declares win (qwen3, gemma4, mlx_lm).
+    own_markers: bool = False
+    # A family whose output is not a marker language (gpt-oss's Harmony channels): a factory
+    # with ``make_parser``'s keyword arguments plus ``spec`` and ``family`` that returns an
+    # object with ``StreamParser``'s interface.
+    parser: Callable[..., Any] | None = None
+    # More texts that open a call block (Llama 3's bare ``{"name"`` beside ``<|python_tag|>``);
+    # the block sees which one opened it.
+    more_call_starts: tuple[str, ...] = ()
+    # Texts dropped from the answer (Granite 3.3's ``<response>`` ... ``</response>``).
+    silent_markers: tuple[str, ...] = ()
 
     def markers(self, spec: ParserSpec) -> tuple[str | None, str | None, str | None, str | None]:
         if not self.use_markers:
             return None, None, None, None
         own = (spec.think_start, spec.think_end, spec.tool_call_start, spec.tool_call_end)
-        if not any(own):
+        if self.own_markers or not any(own):
             own = (self.think_start, self.think_end, self.tool_call_start, self.tool_call_end)
         ts, te, cs, ce = (m or None for m in own)  # "" (e.g. mistral's end) means none
         if not (ts and te):
@@ -255,18 +267,29 @@ class CallBlock:
 
 
 @functools.lru_cache(maxsize=64)
-def _machine(ts: str | None, te: str | None, cs: str | None, ce: str | None):
-    """The state machine for a marker set and the marker behind each (from, to) transition."""
-    edges: dict[str, list[tuple[str, str]]] = {NORMAL: []}
+def _machine(
+    ts: str | None,
+    te: str | None,
+    cs: str | None,
+    ce: str | None,
+    more_cs: tuple[str, ...] = (),
+    silent: tuple[str, ...] = (),
+):
+    """The state machine for a marker set and the markers behind each (from, to) transition."""
+    edges: dict[str, list[tuple[str, str]]] = {NORMAL: [(m, NORMAL) for m in silent]}
     if ts and te:
         edges[NORMAL].append((ts, REASONING))
         edges[REASONING] = [(te, NORMAL)]
     if cs:
-        edges[NORMAL].append((cs, TOOL))
-        if ts and te:
-            edges[REASONING].append((cs, TOOL))
+        for start in (cs, *more_cs):
+            edges[NORMAL].append((start, TOOL))
+            if ts and te:
+                edges[REASONING].append((start, TOOL))
         edges[TOOL] = [(ce, NORMAL)] if ce else []
-    markers = {(src, dst): text for src, out in edges.items() for text, dst in out}
+    markers: dict[tuple[str, str], tuple[str, ...]] = {}
+    for src, out in edges.items():
+        for text, dst in out:
+            markers[(src, dst)] = (*markers.get((src, dst), ()), text)
     return TextStateMachine(edges), markers
 
 
@@ -291,7 +314,9 @@ class StreamParser:
         self.tools = tools
         self.in_reasoning = False
         self.reasoning_tokens = 0
-        self._sm, self._markers = _machine(ts, te, cs, ce)
+        self.answered = False  # answer text (not whitespace) has been emitted
+        more = family.more_call_starts if cs else ()
+        self._sm, self._markers = _machine(ts, te, cs, ce, more, family.silent_markers if family.use_markers else ())
         start = REASONING if starts_in_reasoning and ts else NORMAL
         self._st = self._sm.make_state(start)
         self._events: list[Event] = []
@@ -305,7 +330,9 @@ class StreamParser:
         # whitespace handling
         self._hold_ws = cs is not None
         self._content_ws = ""
-        self._content_lstrip = False
+        # Whitespace at the very start of the output is formatting where the family has a
+        # reasoning block (GLM-4.6's "\n<think>", QwQ's blank lines after a closed block).
+        self._content_lstrip = bool(ts)
         self._reason_ws = ""
         self._reason_lstrip = start == REASONING
         self._reasoned = False
@@ -378,7 +405,8 @@ class StreamParser:
         prev = None
         for n, (state, text) in enumerate(segments):
             if n:
-                marker = self._markers[(prev, state)]
+                candidates = self._markers[(prev, state)]
+                marker = next((m for m in candidates if raw.startswith(m, at)), candidates[0])
                 at += len(marker)
                 restart = self._transition(prev, state, marker, at)
                 if restart is not None:
@@ -466,6 +494,8 @@ class StreamParser:
         self._content_ws = text[len(body) :]
 
     def _push(self, event: Event) -> None:
+        if type(event) is TextDelta and not self.answered and event.text.strip():
+            self.answered = True
         last = self._events[-1] if self._events else None
         if type(last) is type(event):
             if isinstance(event, TextDelta | ReasoningDelta):

@@ -22,15 +22,33 @@ class Evidence:
 
 Rule = Callable[[Evidence], bool]
 
-# First match wins. The tool parser decides before the reasoning markers: a model whose calls
-# are not JSON must not get the JSON family just because it also thinks with <think>.
+
+def _has(*texts: str) -> Rule:
+    """All ``texts`` are special tokens of the model or appear in its template."""
+    return lambda e: all(t in e.tokens or t in e.template for t in texts)
+
+
+# First match wins. Families mlx-lm does not know come first, by the tokens their syntax is made
+# of; then what mlx-lm inferred, the tool parser before the reasoning markers (a model whose
+# calls are not JSON must not get the JSON family just because it also thinks with <think>);
+# then templates mlx-lm could not read (a repository's named templates).
 DETECTION: list[tuple[str, Rule]] = [
+    ("harmony", _has("<|channel|>", "<|message|>", "<|start|>")),
+    ("mistral", _has("[TOOL_CALLS]")),
+    ("mistral", _has("[THINK]", "[/THINK]")),
+    ("kimi", _has("<|tool_calls_section_begin|>")),
+    ("deepseek", _has("<｜tool▁calls▁begin｜>")),
+    ("deepseek", _has("<｜Assistant｜>", "<think>")),
+    ("granite", _has("<|tool_call|>", "<|start_of_role|>")),
     ("gemma4", lambda e: e.spec.tool_parser == "gemma4"),
     ("qwen3", lambda e: e.spec.tool_parser == "json_tools"),
     ("mlx_lm", lambda e: e.spec.tool_parser is not None),
     ("gemma4", lambda e: e.spec.think_start == "<|channel>thought"),
     ("qwen3", lambda e: e.spec.think_start == "<think>"),
     ("mlx_lm", lambda e: e.spec.think_start is not None),
+    ("qwen3", _has("<tool_call>", "</tool_call>")),
+    ("llama3", _has("<|start_header_id|>", '"parameters"')),
+    ("llama3", _has("<|python_tag|>")),
     ("plain", lambda e: True),
 ]
 

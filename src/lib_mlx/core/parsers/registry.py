@@ -15,6 +15,12 @@ _FAMILIES: dict[str, str | Family] = {
     "gemma4": "lib_mlx.core.parsers.gemma4:FAMILY",
     "mlx_lm": "lib_mlx.core.parsers.generic:FAMILY",
     "plain": "lib_mlx.core.parsers.generic:PLAIN",
+    "mistral": "lib_mlx.core.parsers.mistral:FAMILY",
+    "llama3": "lib_mlx.core.parsers.llama3:FAMILY",
+    "deepseek": "lib_mlx.core.parsers.deepseek:FAMILY",
+    "kimi": "lib_mlx.core.parsers.kimi:FAMILY",
+    "granite": "lib_mlx.core.parsers.granite:FAMILY",
+    "harmony": "lib_mlx.core.parsers.harmony:FAMILY",
 }
 
 
@@ -68,9 +74,11 @@ def make_parser(
     ``ToolCallStart`` for a forced function name) come with the first ``feed()``.
     ``parse_tools=False`` (``tool_choice: "none"``): tool-call markup stays answer text.
     """
-    return StreamParser(
+    family = family_of(spec)
+    factory = family.parser or StreamParser
+    return factory(
         spec,
-        family_of(spec),
+        family,
         tools=tools,
         starts_in_reasoning=starts_in_reasoning,
         prefill=prefill,
