@@ -178,6 +178,10 @@ def real_tokenizer(
     for token_id, text in (rename or {}).items():
         tokens[token_id], types[token_id] = text, 4 if text in plain else 3
     merges = [tuple(m.split(" ", 1)) for m in fields["tokenizer.ggml.merges"]]
+    for text, _special in extra:  # the family's own tokens, after the vocabulary
+        if text not in tokens:
+            tokens.append(text)
+            types.append(4 if text in plain or not _special else 3)
     vocab = {text: i for i, text in enumerate(tokens)}
     pre = fields["tokenizer.ggml.pre"]
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=pre == "llama-bpe", fuse_unk=False))
@@ -186,9 +190,6 @@ def real_tokenizer(
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == 3])
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == 4])
-    for text, special in extra:  # one at a time keeps the listed id order
-        token = AddedToken(text, special=special and text not in plain, normalized=False)
-        (tok.add_special_tokens if token.special else tok.add_tokens)([token])
     return tok, fields
 
 

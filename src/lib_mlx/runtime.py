@@ -93,6 +93,7 @@ class LibMlxRuntime:
                     "model_type": loaded.model_type,
                     "context_length": loaded.context_length,
                     "thinking_enabled": loaded.thinking_enabled,
+                    "family": loaded.parser_spec.family,  # detected, or the load config's
                 },
                 "server": server_body,
                 "in_flight": entry.core.engine.in_flight,
