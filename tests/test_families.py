@@ -120,6 +120,7 @@ class Case:
     one_call_per_message: bool = False
     extra: list[tuple[str, str, list, str]] = field(default_factory=list)  # (text, reasoning, calls, content)
     starts_in_reasoning: bool = False
+    served: bool = True  # False: a template variant checked through core.render (no model built)
 
 
 CASES = [
@@ -286,6 +287,118 @@ CASES = [
 ]
 BY_NAME = {case.name: case for case in CASES}
 
+GEMMA_SPECIALS = [
+    (t, True)
+    for t in '<bos> <eos> <|turn> <turn|> <|channel> <channel|> <|tool_call> <tool_call|> <|tool_response> '
+    '<tool_response|> <|tool> <tool|> <|think|> <|"|> <|image|> <|audio|> <|video|>'.split()
+]
+GLM_SPECIALS = [
+    (t, True) for t in "[gMASK] <sop> <|system|> <|user|> <|assistant|> <|observation|> <|endoftext|>".split()
+] + [(t, False) for t in "<arg_key> </arg_key> <arg_value> </arg_value>".split()]
+IM = [("<|im_start|>", True), ("<|im_end|>", True)]
+QWEN_CALLS = "\n".join(f'<tool_call>\n{{"name": "{n}", "arguments": {_json(a)}}}\n</tool_call>' for n, a in CALLS)
+
+
+def _variant(name: str, family: str, template: str | tuple[str, ...], vocab: str, output: str, **kw: Any) -> Case:
+    return Case(name, family, template, vocab, output, served=False, **kw)
+
+
+_QWEN = dict(rename=QWEN_RENAME, plain=QWEN_PLAIN, stops=("<|im_end|>",))
+_LLAMA = dict(rename=LLAMA31_RENAME, bos="<|begin_of_text|>", eos="<|eot_id|>", one_call_per_message=True, reasoning_field=None)
+_MISTRAL = dict(specials=MISTRAL_SPECIALS, bos="<s>", eos="</s>", reasoning_field=None)
+_DEEPSEEK = dict(specials=DEEPSEEK_SPECIALS, bos="<｜begin▁of▁sentence｜>", eos="<｜end▁of▁sentence｜>", reasoning_field=None)
+LLAMA_OUT = "; ".join(f'{{"name": "{n}", "parameters": {_json(a)}}}' for n, a in CALLS)
+
+VARIANTS = [
+    _variant("llama3.2", "llama3", "meta-llama-Llama-3.2-3B-Instruct", "llama-bpe", LLAMA_OUT, **_LLAMA),
+    _variant("llama3.3", "llama3", "meta-llama-Llama-3.3-70B-Instruct", "llama-bpe", LLAMA_OUT, **_LLAMA),
+    _variant(
+        "deepseek-r1-distill-llama", "deepseek", "deepseek-ai-DeepSeek-R1-Distill-Llama-8B", "llama-bpe",
+        BY_NAME["deepseek-r1-distill-qwen"].output, reasoning=REASON, plain=("<think>", "</think>"),
+        specials=[*DEEPSEEK_SPECIALS, ("<think>", False), ("</think>", False)],
+        bos="<｜begin▁of▁sentence｜>", eos="<｜end▁of▁sentence｜>", reasoning_field=None,
+        thinking_on={"enable_thinking": True}, thinking_off={"enable_thinking": False}, starts_in_reasoning=True,
+    ),
+    _variant(
+        "deepseek-v3.1", "deepseek", "deepseek-ai-DeepSeek-V3.1", "llama-bpe",
+        "<｜tool▁calls▁begin｜>" + "".join(f"<｜tool▁call▁begin｜>{n}<｜tool▁sep｜>{_json(a)}<｜tool▁call▁end｜>" for n, a in CALLS) + "<｜tool▁calls▁end｜>",
+        specials=[*DEEPSEEK_SPECIALS, ("<think>", False), ("</think>", False)], plain=("<think>", "</think>"),
+        bos="<｜begin▁of▁sentence｜>", eos="<｜end▁of▁sentence｜>", reasoning_field=None,
+        thinking_on={"thinking": True}, thinking_off={"thinking": False},
+    ),
+    _variant(
+        "devstral", "mistral", "unsloth-mistral-Devstral-Small-2507", "llama-bpe",
+        "".join(f"[TOOL_CALLS]{n}[ARGS]{_json(a)}" for n, a in CALLS), **_MISTRAL,
+    ),
+    _variant("qwen2.5", "qwen3", "Qwen-Qwen2.5-7B-Instruct", "qwen2", QWEN_CALLS, reasoning_field=None, **_QWEN),
+    _variant(
+        "qwq", "qwen3", "Qwen-QwQ-32B", "qwen2", f"<think>\n{REASON}\n</think>\n\n" + QWEN_CALLS, reasoning=REASON,
+        reasoning_field=None, thinking_on={"enable_thinking": True}, thinking_off={"enable_thinking": False},
+        extra=[("\n\nSunny.", "", [], "Sunny.")], starts_in_reasoning=False, **_QWEN,
+    ),
+    _variant(
+        "qwen3-coder", "mlx_lm", "Qwen3-Coder", "qwen2",
+        "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>",
+        calls=CALLS[:1], reasoning_field=None, **_QWEN,
+    ),
+    _variant(
+        "qwen3.5", "mlx_lm", "Qwen3.5-4B", "qwen35",
+        "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>",
+        calls=CALLS[:1], thinking_on={"enable_thinking": True}, thinking_off={"enable_thinking": False},
+        stops=("<|im_end|>",), plain=QWEN_PLAIN,
+    ),
+    _variant(
+        "glm-4.6", "mlx_lm", "GLM-4.6", "qwen2",
+        "\n<think>Hm.</think>\nSunny.", reasoning="Hm.", content="Sunny.", calls=[], specials=GLM_SPECIALS, eos="<|endoftext|>", reasoning_field=None,
+        thinking_on={"enable_thinking": True}, thinking_off={"enable_thinking": False}, rename=QWEN_RENAME, plain=QWEN_PLAIN,
+        extra=[("\n<think>Hm.</think>\nSunny.", "Hm.", [], "Sunny."), ("\nSunny.", "", [], "Sunny.")],
+    ),
+    _variant(
+        "glm-4.7-flash", "mlx_lm", "GLM-4.7-Flash", "qwen2", "Sunny.", content="Sunny.", calls=[], specials=GLM_SPECIALS,
+        eos="<|endoftext|>", reasoning_field=None, rename=QWEN_RENAME, plain=QWEN_PLAIN,
+        thinking_on={"enable_thinking": True}, thinking_off={"enable_thinking": False},
+    ),
+    _variant(
+        "minimax-m2", "mlx_lm", "MiniMax-M2", "qwen2", "Sunny.", content="Sunny.", calls=[], reasoning_field=None,
+        specials=[("]~b]", True), ("]~!b[", True), ("[e~[", True), ("<minimax:tool_call>", False), ("</minimax:tool_call>", False)],
+        rename=QWEN_RENAME, plain=QWEN_PLAIN, eos="[e~[",
+    ),
+    _variant(
+        "lfm2.5", "mlx_lm", "LFM2.5-8B-A1B", "llama-bpe", "Sunny.", content="Sunny.", calls=[], reasoning_field=None,
+        specials=[("<|startoftext|>", True), *IM, ("<|tool_call_start|>", True), ("<|tool_call_end|>", True)],
+        bos="<|startoftext|>",
+    ),
+    _variant(
+        "granite-4.0", "qwen3", "ibm-granite-granite-4.0", "starcoder", QWEN_CALLS, reasoning_field=None,
+        specials=[*GRANITE_SPECIALS[:3], ("<tool_call>", False), ("</tool_call>", False)], eos="<|end_of_text|>",
+    ),
+    _variant(
+        "smollm3", "qwen3", "HuggingFaceTB-SmolLM3-3B", "llama-bpe", "Sunny.", content="Sunny.", calls=[], reasoning_field=None,
+        specials=[*IM, ("<think>", False), ("</think>", False)],
+        thinking_on={"enable_thinking": True}, thinking_off={"enable_thinking": False},
+    ),
+    _variant(
+        "phi-3.5", "plain", "microsoft-Phi-3.5-mini-instruct", "llama-bpe", "Sunny.", content="Sunny.", calls=[], reasoning_field=None,
+        specials=[(t, True) for t in ("<|user|>", "<|assistant|>", "<|end|>", "<|system|>")], eos="<|end|>",
+    ),
+    _variant(
+        "hermes-2-pro", "qwen3", ("default", "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use"), "llama-bpe", QWEN_CALLS,
+        rename={128002: "<|im_start|>", 128003: "<|im_end|>"}, bos="<|begin_of_text|>", reasoning_field=None,
+    ),
+    _variant(
+        "kimi-k2-thinking", "kimi", "Kimi-K2-Thinking", "qwen2", BY_NAME["kimi-k2"].output, reasoning_field=None,
+        specials=KIMI_SPECIALS, rename=QWEN_RENAME, plain=QWEN_PLAIN, sandbox=True,
+    ),
+    _variant(
+        "gemma-4", "gemma4", "google-gemma-4-31B-it", "qwen2",
+        "<|tool_call>call:get_weather{city:<|\"|>Paris<|\"|>}<tool_call|>", calls=CALLS[:1], specials=GEMMA_SPECIALS,
+        bos="<bos>", eos="<turn|>", reasoning_field=None,
+        thinking_on={"enable_thinking": True}, thinking_off={"enable_thinking": False},
+    ),
+]
+BY_NAME.update({case.name: case for case in VARIANTS})
+
+
 
 # -- building -----------------------------------------------------------------------------------
 
@@ -301,11 +414,22 @@ _TOKENIZERS: dict[str, Any] = {}
 
 
 def _tokenizer(case: Case, scratch: Path):
-    key = json.dumps([case.vocab, sorted(case.rename.items()), case.specials, case.plain])
+    """The case's real vocabulary (plus its family's tokens), rebuilt once and cached on disk."""
+    from tokenizers import Tokenizer
+
+    key = json.dumps([case.vocab, sorted(case.rename.items()), case.specials, case.plain, inspect.getsource(family_kit)])
     if key not in _TOKENIZERS:
-        tok, _ = family_kit.real_tokenizer(
-            case.vocab, scratch, rename=case.rename, extra=case.specials, plain=case.plain
-        )
+        path = family_kit.CACHE / "tokenizers" / f"{case.vocab}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+        if path.is_file():
+            tok = Tokenizer.from_file(str(path))
+        else:
+            tok, _ = family_kit.real_tokenizer(
+                case.vocab, scratch, rename=case.rename, extra=case.specials, plain=case.plain
+            )
+            family_kit.check_fixture(tok, case.vocab)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tok.save(str(path.with_suffix(".partial")))
+            path.with_suffix(".partial").replace(path)
         _TOKENIZERS[key] = tok
     return _TOKENIZERS[key]
 
@@ -552,31 +676,115 @@ def _same_rendering(case: Case, tok, s, label: str, messages: list[dict], kwargs
     assert tokens == tok.encode(expected, add_special_tokens=False).ids, label
 
 
-@pytest.mark.parametrize("name", [c.name for c in CASES if c.extra])
-def test_family_outputs_through_the_real_vocabulary(name: str, tmp_path) -> None:
-    """More of each family's syntax, token by token as the real tokenizer splits it."""
+def _parse_tokens(case: Case, tok, text: str, spec=None):
+    """``text`` parsed token by token as the real tokenizer splits it (the streamed view), and
+    whole; both must agree. ``spec``: the loaded model's (default: the family's own markers)."""
     from lib_mlx.core.parsers import ParsedOutput, ParserSpec, make_parser, parse_text
 
+    spec = spec or ParserSpec(case.family)
+    parser = make_parser(spec, starts_in_reasoning=case.starts_in_reasoning)
+    ids = tok.encode(text, add_special_tokens=False).ids
+    events, seen = [], ""
+    for k in range(1, len(ids) + 1):  # each token's text, as a streaming detokenizer gives it
+        now = tok.decode(ids[:k], skip_special_tokens=False)
+        events += parser.feed(now[len(seen) :])
+        seen = now
+    events += parser.finish()
+    streamed = ParsedOutput().add(events)
+    whole = parse_text(text, spec, starts_in_reasoning=case.starts_in_reasoning)
+    assert (streamed.reasoning, streamed.content) == (whole.reasoning, whole.content), text
+    assert [(c.name, c.arguments) for c in streamed.tool_calls] == [(c.name, c.arguments) for c in whole.tool_calls]
+    return streamed
+
+
+@pytest.mark.parametrize("name", [c.name for c in [*CASES, *VARIANTS] if c.extra])
+def test_family_outputs_through_the_real_vocabulary(name: str, tmp_path) -> None:
+    """More of each family's syntax, token by token as the real tokenizer splits it."""
     case = BY_NAME[name]
     tok = _tokenizer(case, tmp_path)
-    spec = ParserSpec(case.family)
+    spec = None if case.served else _loaded(case, tok).parser_spec
     for text, reasoning, calls, content in case.extra:
-        parser = make_parser(spec, starts_in_reasoning=case.starts_in_reasoning)
-        ids = tok.encode(text, add_special_tokens=False).ids
-        assert len(ids) > 3
-        events, seen = [], ""
-        for k in range(1, len(ids) + 1):  # each token's text, as a streaming detokenizer gives it
-            now = tok.decode(ids[:k], skip_special_tokens=False)
-            events += parser.feed(now[len(seen) :])
-            seen = now
-        events += parser.finish()
-
-        streamed = ParsedOutput().add(events)
-        whole = parse_text(text, spec, starts_in_reasoning=case.starts_in_reasoning)
-        for out in (streamed, whole):
-            assert out.reasoning == reasoning, (text, out)
-            assert out.content == content, (text, out)
-            assert [(c.name, json.loads(c.arguments)) for c in out.tool_calls] == calls, (text, out)
+        out = _parse_tokens(case, tok, text, spec)
+        assert out.reasoning == reasoning, (text, out)
+        assert out.content == content, (text, out)
+        assert [(c.name, json.loads(c.arguments)) for c in out.tool_calls] == calls, (text, out)
 
 
-_ = Callable
+def _loaded(case: Case, tok):
+    """What ``core.loader`` makes of the case's tokenizer and template (no model needed to render)."""
+    import importlib
+
+    from mlx_lm.tokenizer_utils import TokenizerWrapper, _infer_tool_parser
+    from transformers import PreTrainedTokenizerFast
+
+    from lib_mlx.core.loader import LoadedModel
+    from lib_mlx.core.parsers import parser_spec_from_tokenizer
+
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=case.bos, eos_token=case.eos)
+    hf.chat_template = _template(case)
+    tools: dict[str, Any] = {}
+    if (kind := _infer_tool_parser(hf)) is not None:  # as mlx_lm's tokenizer loader does
+        module = importlib.import_module(f"mlx_lm.tool_parsers.{kind}")
+        tools = dict(tool_parser=module.parse_tool_call, tool_call_start=module.tool_call_start, tool_call_end=module.tool_call_end)
+    wrapper = TokenizerWrapper(hf, **tools)
+    return LoadedModel(
+        model=None, tokenizer=wrapper, model_path=Path("."), model_id=case.name, config={},
+        context_length=8192, parser_spec=parser_spec_from_tokenizer(wrapper),
+    )
+
+
+def _core_render(loaded, body: dict[str, Any]):
+    """The chat endpoint's rendering of ``body``: its validation, then core's render."""
+    from lib_mlx.core.prompt import render
+    from lib_mlx.server.chat.protocol import ChatCompletionRequest
+    from lib_mlx.server.chat.serving import to_chat_prompt
+
+    return render(loaded, to_chat_prompt(ChatCompletionRequest.model_validate(body)))
+
+
+def _same_core_rendering(case: Case, tok, loaded, label: str, messages: list[dict], kwargs: dict, **request: Any) -> None:
+    from lib_mlx.errors import InvalidRequestError
+
+    body = {"messages": messages, **request, **({"tools": kwargs["tools"]} if "tools" in kwargs else {})}
+    try:
+        expected = _reference(case, tok, messages, **kwargs)
+    except Exception as exc:
+        with pytest.raises(InvalidRequestError):
+            _core_render(loaded, body)
+        del exc
+        return
+    rendered = _core_render(loaded, body)
+    assert rendered.text == expected, label
+    assert list(rendered.tokens) == tok.encode(expected, add_special_tokens=False).ids, label
+
+
+@pytest.mark.parametrize("name", [c.name for c in VARIANTS])
+def test_template_variant(name: str, tmp_path) -> None:
+    """More real templates: detection, rendering equal to the template's own over the scenarios,
+    the family's output parsed through the real vocabulary, and its calls sent back."""
+    case = BY_NAME[name]
+    tok = _tokenizer(case, tmp_path)
+    loaded = _loaded(case, tok)
+    assert loaded.parser_spec.family == case.family
+    for label, (messages, kwargs) in _scenarios(case).items():
+        _same_core_rendering(case, tok, loaded, label, messages, kwargs)
+    if case.thinking_off is not None:
+        _same_core_rendering(case, tok, loaded, "thinking_off", _first_turn(), dict(case.thinking_off), thinking=False)
+
+    out = _parse_tokens(case, tok, case.output, loaded.parser_spec)
+    assert out.reasoning.strip() == case.reasoning and out.content.strip() == case.content, out
+    assert [(c.name, json.loads(c.arguments)) for c in out.tool_calls] == case.calls
+    if case.calls:
+        assistant = {
+            "role": "assistant",
+            "content": out.content,
+            "tool_calls": [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in out.tool_calls
+            ],
+        }
+        results = [
+            {"role": "tool", "tool_call_id": c.id, "name": c.name, "content": json.dumps({"ok": n})}
+            for n, c in enumerate(out.tool_calls[: case.calls_in_history])
+        ]
+        rendered = _core_render(loaded, {"messages": [_first_turn()[0], assistant, *results], "tools": TOOLS})
+        assert rendered.text == _reference(case, tok, _reference_history(case, assistant, results), tools=TOOLS)

@@ -33,5 +33,6 @@ FAMILY = Family(
     tool_call_start=BEGIN,
     tool_call_end=END,
     syntax=CallSyntax(start=BEGIN + _CALL, end=_CALL_END + END, named="function" + _SEP + "{name}\n```json\n"),
+    thinking_switches=("enable_thinking", "thinking"),  # R1 distills (llama.cpp's copies) / V3.1
     own_markers=True,
 )
