@@ -599,6 +599,17 @@ def test_family_conformance(name: str, family_model, runtime, tmp_path) -> None:
             _same_rendering(case, tok, s, label, messages, kwargs)
         if case.thinking_off is not None:
             _same_rendering(case, tok, s, "thinking_off", _first_turn(), dict(case.thinking_off), thinking=False)
+        if case.family == "harmony":  # the request's effort reaches the template
+            _same_rendering(case, tok, s, "effort", _first_turn(), {"reasoning_effort": "high"}, reasoning_effort="high")
+            assert "Reasoning: high" in _post(s, "/apply-template", {"messages": _first_turn(), "reasoning_effort": "high"}).json()["prompt"]
+
+        # text tokenize / detokenize round trip, in vLLM's shapes
+        got = _post(s, "/tokenize", {"prompt": ASK, "add_special_tokens": False}).json()
+        assert got["tokens"] == tok.encode(ASK, add_special_tokens=False).ids and got["count"] == len(got["tokens"])
+        assert got["max_model_len"] > 0
+        assert _post(s, "/detokenize", {"tokens": got["tokens"]}).json() == {"prompt": ASK}
+        bad = _post(s, "/detokenize", {"tokens": [10**9]})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens[0]"
 
         # 2. the scripted output, four ways
         body = {"model": s.info.model_id, "messages": _first_turn(), "tools": TOOLS, "temperature": 0, "max_tokens": 200}
