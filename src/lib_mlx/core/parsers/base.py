@@ -8,8 +8,9 @@ block into ``ToolCall*`` events; everything else lives here:
 
 * **Whitespace.** Each reasoning block is stripped at both ends (Gemma 4's ``thought\\n``
   label and Qwen3's ``<think>\\n`` … ``\\n</think>``); the answer's leading whitespace after a
-  reasoning block or a tool call is dropped, and so is whitespace right before a tool call.
-  Whitespace is otherwise kept verbatim.
+  reasoning block or a tool call is dropped, and so is whitespace right before a tool call and,
+  for a family with reasoning markers, at the very start of the output (GLM-4.6's ``\n<think>``,
+  QwQ's blank lines after a block the prompt closed). Whitespace is otherwise kept verbatim.
 * **Malformed calls.** A block's text goes back raw (markers included) to the channel it
   began in — content, or reasoning if the block opened inside reasoning — and scanning
   resumes right after the point where it stopped making sense (see ``CallBlock``).
