@@ -1,7 +1,8 @@
 """The rendered prompt, shown: ``POST /tokenize`` and ``POST /detokenize`` in vLLM's shapes,
 ``POST /apply-template`` in llama.cpp's. A chat-shaped body renders exactly as the chat endpoint
-would (same validation, family rules, thinking toggle and history preparation), so the tokens
-are the prompt a chat request with that body runs on."""
+would (``rules.parse`` with the chat field table, ``to_chat_prompt``, ``rules.prepare``: the same
+family rules, thinking toggle and history preparation), so the tokens are the prompt a chat
+request with that body runs on."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from starlette.responses import JSONResponse, Response
 
 from ..core import RenderedPrompt
 from ..errors import InvalidRequestError
+from . import rules
 from .chat.protocol import ChatCompletionRequest
 from .chat.serving import to_chat_prompt
 from .context import ServerContext
-from .media import decode_prompt_media
 
 
 class _TextTokenize(BaseModel):
@@ -36,12 +37,13 @@ class _Detokenize(BaseModel):
 async def _render_chat(ctx: ServerContext, data: dict[str, Any]) -> RenderedPrompt:
     for name, default in (("add_generation_prompt", True), ("continue_final_message", False)):
         if name in data and data[name] != default:
-            raise InvalidRequestError(f"{name}={data[name]!r} is not supported (chat always renders a generation prompt)", param=name)
-    req = ctx.parse(ChatCompletionRequest, data)
+            raise InvalidRequestError(
+                f"{name}={data[name]!r} is not supported (chat always renders a generation prompt)", param=name
+            )
+    body = {k: v for k, v in data.items() if k not in ("add_generation_prompt", "continue_final_message")}
+    req = rules.parse(ChatCompletionRequest, body, api="chat")
     ctx.check_model(req.model)
-    prompt = to_chat_prompt(req)
-    await decode_prompt_media(ctx, prompt)
-    return await asyncio.to_thread(ctx.core.render, prompt)
+    return await rules.prepare(ctx, to_chat_prompt(req), generate=False)
 
 
 async def tokenize(request: Request) -> Response:
@@ -50,7 +52,7 @@ async def tokenize(request: Request) -> Response:
     if "messages" in data:
         tokens = list((await _render_chat(ctx, data)).tokens)
     else:
-        req = ctx.parse(_TextTokenize, data)
+        req = rules.parse(_TextTokenize, data)
         ctx.check_model(req.model)
         tokens = await asyncio.to_thread(ctx.core.tokenize, req.prompt, add_special_tokens=req.add_special_tokens)
     return JSONResponse({"count": len(tokens), "max_model_len": ctx.core.context_length, "tokens": tokens})
@@ -58,12 +60,8 @@ async def tokenize(request: Request) -> Response:
 
 async def detokenize(request: Request) -> Response:
     ctx: ServerContext = request.app.state.ctx
-    req = ctx.parse(_Detokenize, await ctx.read_json(request))
+    req = rules.parse(_Detokenize, await ctx.read_json(request))
     ctx.check_model(req.model)
-    size = ctx.core.vocab_size
-    bad = next((i for i, t in enumerate(req.tokens) if not 0 <= t < size), None)
-    if bad is not None:
-        raise InvalidRequestError(f"token id {req.tokens[bad]} is outside the vocabulary (0..{size - 1})", param=f"tokens[{bad}]")
     return JSONResponse({"prompt": await asyncio.to_thread(ctx.core.detokenize, req.tokens)})
 
 

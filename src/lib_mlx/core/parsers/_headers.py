@@ -128,7 +128,11 @@ class HeaderJsonCalls(CallBlock):
                 if where == _HEADER:
                     match = pattern.fullmatch(candidate)
                     if match is not None and match.group("name"):
-                        self._start_call(match)
+                        try:
+                            self._start_call(match)
+                        except Malformed:  # a function the request did not offer
+                            return i
+
                 i += 1
                 continue
             if where == _TRAILER and self._matches(pattern, self._buf, partial=False):

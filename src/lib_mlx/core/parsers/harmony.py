@@ -24,7 +24,7 @@ from typing import Any
 
 from ..events import Event, ReasoningDelta, TextDelta, ToolCallArgumentsDelta, ToolCallEnd, ToolCallStart
 from ._json import JsonReader, JsonWriter, Malformed
-from .base import CallSyntax, Family, ParserSpec
+from .base import CallSyntax, Family, ParserSpec, _tool_names
 from .llama3 import one_call_per_message
 
 _BODY_ENDS = ("<|end|>", "<|call|>", "<|return|>")
@@ -179,12 +179,16 @@ class HarmonyParser:
         self._body(data)
         return len(text)
 
+    def _offers(self, name: str) -> bool:
+        """A call to a function the request did not offer stays text (as in ``StreamParser``)."""
+        return self.tools is None or name in frozenset(_tool_names(self.tools))
+
     # -- messages ----------------------------------------------------------------------------
     def _open(self, header: str) -> None:
         channel = _CHANNEL.search(header)
         recipient = _RECIPIENT.search(header)
         name = channel.group(1) if channel else "final"
-        if recipient and self.parse_tools:
+        if recipient and self.parse_tools and self._offers(recipient.group(1)):
             self._route("call", recipient.group(1))
         elif name == "analysis":
             self._route("reasoning", "")

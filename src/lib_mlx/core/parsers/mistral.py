@@ -97,7 +97,7 @@ class NemoCalls:
                 parsed.append((call["name"], compact(args), call_id if isinstance(call_id, str) else None))
         except (ValueError, AttributeError):
             return True
-        if not parsed:
+        if not parsed or not all(block._parser.offers(name) for name, _, _ in parsed):
             return True
         block._base = 0
         for name, args, call_id in parsed:
