@@ -325,7 +325,7 @@ class StreamParser:
         self.spec = spec
         self.family = family
         self.tools = tools
-        self._offered = None if tools is None else frozenset(_tool_names(tools))
+        self._offered = None if tools is None else frozenset(tool_names(tools))
         self._prefill = len(prefill)
         self.in_reasoning = False
         self.reasoning_tokens = 0
@@ -347,7 +347,7 @@ class StreamParser:
         self._content_ws = ""
         # Whitespace at the very start of the output is formatting where the family has a
         # reasoning block (GLM-4.6's "\n<think>", QwQ's blank lines after a closed block).
-        self._content_lstrip = bool(ts)
+        self._content_lstrip = bool(ts) and not prefill
         self._reason_ws = ""
         self._reason_lstrip = start == REASONING
         self._reasoned = False
@@ -563,7 +563,7 @@ class StreamParser:
             tokens.popleft()[3] = False
 
 
-def _tool_names(tools: list[dict]) -> list[str]:
+def tool_names(tools: list[dict]) -> list[str]:
     """Function names of chat-shaped (``{"function": {"name"}}``) or flat (``{"name"}``) tools."""
     names = []
     for tool in tools:

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..events import Event, ReasoningDelta, TextDelta, ToolCallArgumentsDelta, ToolCallEnd, ToolCallStart
 from ._json import JsonReader, JsonWriter, Malformed
-from .base import CallSyntax, Family, ParserSpec, _tool_names
+from .base import CallSyntax, Family, ParserSpec, tool_names
 from .llama3 import one_call_per_message
 
 _BODY_ENDS = ("<|end|>", "<|call|>", "<|return|>")
@@ -181,7 +181,7 @@ class HarmonyParser:
 
     def _offers(self, name: str) -> bool:
         """A call to a function the request did not offer stays text (as in ``StreamParser``)."""
-        return self.tools is None or name in frozenset(_tool_names(self.tools))
+        return self.tools is None or name in frozenset(tool_names(self.tools))
 
     # -- messages ----------------------------------------------------------------------------
     def _open(self, header: str) -> None:
