@@ -86,3 +86,30 @@ def test_load_config_family_overrides_detection(make_model) -> None:
         core.close()
     with pytest.raises(InvalidConfigError):
         MlxCore.load(MlxModelConfig(path, family="no_such_family"))
+
+
+def test_templates_that_mutate_lists_render_in_a_sandbox_that_still_guards_internals(make_model) -> None:
+    """Kimi K2's templates call ``list.append``/``pop`` (transformers' immutable sandbox refuses
+    them): they render; reaching Python internals still fails; output is bounded."""
+    import jinja2
+    import pytest
+    from transformers import AutoTokenizer
+
+    from lib_mlx.core import template as tpl
+    from lib_mlx.errors import InvalidRequestError
+
+    hf = AutoTokenizer.from_pretrained(str(make_model("qwen3")))
+    messages = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+    hf.chat_template = (
+        "{%- set q = namespace(ids=[]) -%}{%- for m in messages -%}{%- set _ = q.ids.append(m.content) -%}"
+        "{%- endfor -%}{{ q.ids | join(',') }}|{{ q.ids.pop(0) }}"
+    )
+    with pytest.raises(jinja2.exceptions.SecurityError):  # what transformers alone does
+        hf.apply_chat_template(messages, tokenize=False)
+    assert tpl.apply_chat_template(hf, messages, None) == "a,b|a"
+    hf.chat_template = "{{ messages.__class__.__mro__ }}"
+    with pytest.raises(jinja2.exceptions.SecurityError):
+        tpl.apply_chat_template(hf, messages, None)
+    hf.chat_template = "{%- set q = [] -%}{%- set _ = q.append(1) -%}{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}"
+    with pytest.raises(InvalidRequestError):
+        tpl.render_mutable(hf, messages, None)

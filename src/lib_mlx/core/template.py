@@ -29,7 +29,8 @@ def render_mutable(tokenizer: Any, messages: list[dict[str, Any]], tools: Any, *
     """transformers' rendering, in a sandbox that lets templates mutate lists and dicts."""
     from transformers.utils import chat_template_utils as ctu
 
-    inner = getattr(tokenizer, "_tokenizer", tokenizer)
+    # mlx-lm's TokenizerWrapper forwards to the Hugging Face tokenizer it wraps
+    inner = tokenizer if hasattr(tokenizer, "get_chat_template") else tokenizer._tokenizer
     template = inner.get_chat_template(None, tools)
     base = ctu._compile_jinja_template(template).environment
     env = SandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
