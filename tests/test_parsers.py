@@ -629,3 +629,29 @@ def test_detection_table_by_the_tokens_a_syntax_is_made_of() -> None:
     assert detect(template="<|start_header_id|> ... {\"name\": function name, \"parameters\": ...}") == "llama3"
     assert detect(template="<tool_call> ... </tool_call>") == "qwen3"  # e.g. Hermes' named templates
     assert detect() == "plain"
+
+
+@pytest.mark.parametrize(
+    "family, rest",
+    [
+        ("llama3", '{"city": "Paris"}}'),
+        ("mistral", '{"city": "Paris"}'),
+        ("harmony", '{"city": "Paris"}'),
+        ("deepseek", '{"city": "Paris"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>'),
+        ("kimi", '{"city": "Paris"}<|tool_call_end|><|tool_calls_section_end|>'),
+        ("granite", '{"city": "Paris"}}]'),
+        ("qwen3", '{"city": "Paris"}}\n</tool_call>'),
+        ("gemma4", '{city:<|"|>Paris<|"|>}<tool_call|>'),
+    ],
+)
+def test_each_familys_forced_opening_is_its_own_syntax(family, rest) -> None:
+    """``Family.syntax`` (data a grammar can be built from) opens a call the family's parser reads."""
+    from lib_mlx.core.parsers import get_family
+
+    opening = get_family(family).forced_call({"type": "function", "function": {"name": "get_weather"}})
+    assert "get_weather" in opening
+    parser = make_parser(ParserSpec(family), prefill=opening)
+    events = parser.feed(rest) + parser.finish()
+    ends = [e for e in events if isinstance(e, ToolCallEnd)]
+    assert [(e.name, json.loads(e.arguments)) for e in ends] == [W]
+    assert not [e for e in events if isinstance(e, TextDelta)]

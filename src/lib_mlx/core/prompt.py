@@ -184,7 +184,8 @@ def render(loaded: LoadedModel, prompt: ChatPrompt) -> RenderedPrompt:
             text = apply_chat_template(tokenizer, messages, tools, **kwargs)
         except Exception as exc:  # template errors are the caller's input problem
             raise InvalidRequestError(f"the chat template rejected these messages: {exc}", param="messages") from None
-    prefix = family.forced_call(prompt.tool_choice) if tools and family.markers(loaded.parser_spec)[2] else ""
+    parses_calls = family.parser is not None or family.markers(loaded.parser_spec)[2]
+    prefix = family.forced_call(prompt.tool_choice) if tools and parses_calls else ""
     text += prefix
     tokens = tokenizer.encode(text, add_special_tokens=False)
     spec = loaded.parser_spec
