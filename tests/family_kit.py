@@ -271,7 +271,6 @@ def build_real_model(
 ) -> Path:
     """A tiny llama-architecture model over ``tok`` whose greedy output after each trigger (the
     text of a prompt's last token) is the chain's text, then ``stop_tokens[0]``."""
-    import numpy as np
     from mlx_lm.utils import save_config, save_model
 
     from lib_mlx.tiny_models import _build, _weights
@@ -341,5 +340,4 @@ def build_real_model(
     (out / "tokenizer_config.json").write_text(json.dumps(tk_config, indent=1, ensure_ascii=False))
     stop_ids = [rebuilt.token_to_id(t) for t in stop_tokens]
     (out / "generation_config.json").write_text(json.dumps({"eos_token_id": stop_ids, "temperature": 0.0}))
-    del np
     return out
