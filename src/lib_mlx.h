@@ -87,6 +87,9 @@ extern "C" {
  *    "revision": null,                     optional string (hub branch, tag or commit)
  *    "thinking_enabled": true,             optional, default true
  *    "lazy_encoders": true,                optional, default true
+ *    "family": null,                       optional: "qwen3", "gemma4", "llama3", "mistral",
+ *                                          "harmony", "deepseek", "granite", "kimi", "mlx_lm",
+ *                                          "plain"; null detects it (an unknown name fails the load)
  *    "wait": true,                         optional, default true; false: return at once with
  *                                          "status": "loading" and load in the background
  *    "memory_budget_bytes": null,          optional; the memory the guard may count on

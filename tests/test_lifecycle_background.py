@@ -122,7 +122,12 @@ def test_a_server_on_a_loading_handle_answers_503_until_ready(hub: HubStandIn, r
     health = httpx.get(f"{info.base_url}/health")
     assert health.status_code == 503 and health.headers["retry-after"] == "1"
     assert health.json()["error"]["code"] == "model_not_ready" and "loading" in health.json()["error"]["message"]
-    for method, path in (("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/v1/responses")):
+    for method, path in (
+        ("GET", "/v1/models"),
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/responses"),
+        ("POST", "/tokenize"),
+    ):
         reply = httpx.request(method, f"{info.base_url}{path}", headers=auth, json={})
         assert reply.status_code == 503 and reply.headers["retry-after"] == "1", (path, reply.text)
     anthropic = httpx.post(f"{info.base_url}/v1/messages", headers=auth, json={})

@@ -12,7 +12,7 @@ from typing import Any
 from ..config import MlxModelConfig
 from ..errors import LibMlxError, ModelLoadError, ModelNotFoundError
 from . import memory_guard
-from .parsers import ParserSpec, parser_spec_from_tokenizer
+from .parsers import Family, ParserSpec, family_of, parser_spec_from_tokenizer
 from .progress import LoadCancelled, LoadProgress
 
 log = logging.getLogger("lib_mlx.loader")
@@ -49,6 +49,11 @@ class LoadedModel:
     def capabilities(self) -> frozenset[str]:
         """Media this model accepts: a subset of {"image", "audio"}."""
         return self.vlm.capabilities if self.vlm is not None else frozenset()
+
+    @property
+    def family(self) -> Family:
+        """The model's family (``core.parsers``): parser, call syntax, history and thinking rules."""
+        return family_of(self.parser_spec)
 
     @property
     def model_type(self) -> str:
@@ -137,6 +142,7 @@ def load(config: MlxModelConfig, progress: LoadProgress | None = None) -> Loaded
         raise ModelLoadError(f"could not load model from {path}: {type(exc).__name__}: {exc}") from None
     progress.check()
     model_config = json.loads((path / "config.json").read_text())
+    spec = parser_spec_from_tokenizer(tokenizer, config.family, model_config)
     context_length = _context_length(model_config, tokenizer)
     kv_per_token = memory_guard.kv_bytes_per_token(model_config, memory_guard.activation_bytes(model))
     kv_budget = memory_guard.request_kv_budget(config.max_request_kv_bytes, config.memory_budget_bytes)
@@ -151,7 +157,7 @@ def load(config: MlxModelConfig, progress: LoadProgress | None = None) -> Loaded
         model_id=config.model_id or path.name,
         config=model_config,
         context_length=context_length,
-        parser_spec=parser_spec_from_tokenizer(tokenizer),
+        parser_spec=spec,
         generation_defaults=_generation_defaults(path),
         thinking_enabled=config.thinking_enabled,
         vlm=vlm,

@@ -1,7 +1,7 @@
 """Answer 503 while the model is not there to answer: a server started on a handle that is
 still loading (``start_server`` with ``"wait": false``) or whose load failed.
 
-``/health`` and every ``/v1/*`` route get the API's error body (OpenAI's, Anthropic's on
+``/health``, ``/tokenize``, ``/detokenize``, ``/apply-template`` and every ``/v1/*`` route get the API's error body (OpenAI's, Anthropic's on
 ``/v1/messages``) with status 503: ``Retry-After``
 and ``model_not_ready`` (naming the load's phase) while loading, the load's own error (e.g.
 ``model_load_failed``) once it failed. A sleeping model (idle unload) is not refused: the next
@@ -16,6 +16,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import LibMlxError, NotReadyError
 from .errors import error_response
+
+
+# Routes that need the model, besides /v1/* (the chat page's files do not).
+_MODEL_ROUTES = frozenset({"/health", "/tokenize", "/detokenize", "/apply-template"})
 
 
 def not_ready_error(core: Any) -> LibMlxError | None:
@@ -44,7 +48,7 @@ class ReadinessMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = scope.get("path", "")
-            if path == "/health" or path.startswith("/v1/"):
+            if path in _MODEL_ROUTES or path.startswith("/v1/"):
                 error = not_ready_error(self.core)
                 if error is not None:
                     await error_response(error, path)(scope, receive, send)  # the API's own shape
