@@ -47,6 +47,17 @@
  *   helper isolate, e.g. Isolate.run). The HTTP server runs on the runtime's own threads
  *   between calls; the host needs no event loop.
  *
+ * EXITING
+ *   Before the host exits, call lib_mlx_unload_model for each handle (it stops the server,
+ *   cancels generations and joins the runtime's threads). A host that exits without doing so --
+ *   exit() or a return from main, even with a stream in flight -- is still safe: the first
+ *   successful lib_mlx_load_model registers an atexit() handler that stops every server and
+ *   engine and joins their threads before MLX's own static destructors run (an engine thread
+ *   still inside MLX at that point would abort the process). It waits for the step in progress
+ *   (milliseconds; up to one long prefill). _exit(), quick_exit() and fatal signals skip it; do
+ *   not call exit() from inside a lib_mlx call. A host that already runs Python (ctypes) gets
+ *   the same from the runtime's Python atexit hook; the C handler then does nothing.
+ *
  * FINDING PYTHON
  *   The library embeds CPython (cffi embedding mode). On the first call, if no interpreter is
  *   running in the process yet, it starts one as the python executable that built the library
