@@ -90,3 +90,159 @@ def test_multipart_part_referenced_many_times_is_413_over_http(serve) -> None:
     assert_openai_error(r, 413, "payload_too_large", "messages[0].content[4].image_url.url")
     assert time.perf_counter() - started < 5
     assert httpx.get(s.base_url + "/health").status_code == 200
+
+
+# --- 3. chat templates: no overrides, only declared toggles; renders count and stop --------
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
+def test_a_request_cannot_replace_the_chat_template(serve, path) -> None:
+    s = serve()
+    body = {"messages": USER} if path.endswith("completions") else {"input": "hello"}
+    body.update(max_tokens=2) if path.endswith("completions") else body.update(max_output_tokens=2)
+    evil = {"chat_template": "{% for i in range(10**9) %}x{% endfor %}"}
+    r = s.post({**body, "chat_template_kwargs": evil}, path=path)
+    assert_openai_error(r, 400, "unsupported_parameter", "chat_template_kwargs.chat_template")
+    r = s.post({**body, "chat_template_kwargs": {"not_a_toggle": True}}, path=path)
+    error = assert_openai_error(r, 400, "unsupported_parameter", "chat_template_kwargs.not_a_toggle")
+    assert "enable_thinking" in error["message"]  # the template's own toggles are listed
+    r = s.post({**body, "chat_template_kwargs": {"enable_thinking": False}}, path=path)
+    assert r.status_code == 200, r.text
+
+
+def test_template_toggles_are_what_the_template_reads() -> None:
+    from lib_mlx.core.template import check_template_kwargs, template_toggles
+
+    source = "{% if enable_thinking %}T{% endif %}{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}"
+    assert template_toggles(source) == {"enable_thinking"}
+    check_template_kwargs({"enable_thinking": False}, source)
+    for key in ("bos_token", "messages", "add_generation_prompt", "chat_template", "other"):
+        with pytest.raises(Exception) as err:
+            check_template_kwargs({key: "x"}, source)
+        assert err.value.param == f"chat_template_kwargs.{key}"
+    with pytest.raises(Exception) as err:
+        check_template_kwargs({"enable_thinking": {"nested": [1] * 10}}, source)
+    assert err.value.code == "invalid_type"
+
+
+class SlowRender:
+    """Wraps the core's real ``render`` with a delay, counting renders at once."""
+
+    def __init__(self, core, delay: float) -> None:
+        import threading
+
+        self.core, self.delay, self.real = core, delay, core.render
+        self.now = self.peak = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, prompt):
+        with self._lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        try:
+            time.sleep(self.delay)
+            return self.real(prompt)
+        finally:
+            with self._lock:
+                self.now -= 1
+
+    def __enter__(self):
+        self.core.render = self
+        return self
+
+    def __exit__(self, *exc):
+        del self.core.render
+
+
+def _post_later(s: Served, body: dict, results: list, **kwargs):
+    import threading
+
+    def run():
+        try:
+            results.append(s.post(body, **kwargs))
+        except Exception as exc:  # noqa: BLE001
+            results.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_rendering_counts_against_queue_limit(serve, loaded) -> None:
+    from hardening_support import core_of
+
+    s = serve(queue_limit=1)
+    with SlowRender(core_of(*loaded), 1.5):
+        first: list = []
+        thread = _post_later(s, chat_body(max_tokens=1), first)
+        time.sleep(0.5)  # the first request is rendering now
+        started = time.perf_counter()
+        r = s.post(chat_body(max_tokens=1))
+        assert_openai_error(r, 429, "queue_full")
+        assert time.perf_counter() - started < 1.0  # refused at once, not after its own render
+        thread.join(30)
+    assert first[0].status_code == 200, first[0].text
+
+
+def test_renders_at_once_are_bounded(serve, loaded) -> None:
+    from hardening_support import core_of
+    from lib_mlx.server.context import MAX_CONCURRENT_RENDERS
+
+    s = serve(queue_limit=16)
+    with SlowRender(core_of(*loaded), 0.4) as slow:
+        results: list = []
+        threads = [_post_later(s, chat_body(max_tokens=1), results) for _ in range(MAX_CONCURRENT_RENDERS + 4)]
+        for thread in threads:
+            thread.join(60)
+    assert [r.status_code for r in results] == [200] * len(threads)
+    assert slow.peak == MAX_CONCURRENT_RENDERS
+
+
+def test_a_request_rendering_when_the_server_stops_is_cancelled(serve, loaded) -> None:
+    from hardening_support import core_of
+
+    runtime, handle = loaded
+    s = serve()
+    with SlowRender(core_of(*loaded), 6.0):
+        results: list = []
+        thread = _post_later(s, chat_body(max_tokens=1), results)
+        time.sleep(0.5)
+        started = time.perf_counter()
+        runtime.stop_server(handle)
+        stopped_in = time.perf_counter() - started
+        thread.join(30)
+    assert_openai_error(results[0], 503, "cancelled")
+    assert stopped_in < 3.0
+
+
+# --- 4. over-long prompts are refused before they are tokenized ------------------------------
+
+
+def test_an_over_long_prompt_is_refused_before_tokenizing(serve, loaded) -> None:
+    from hardening_support import core_of
+    from lib_mlx.core.template import MAX_CHARS_PER_TOKEN
+
+    s = serve(max_body_bytes=32 * 1024 * 1024)
+    tokenizer = core_of(*loaded).loaded.tokenizer._tokenizer  # the Hugging Face tokenizer
+    calls = []
+    real_encode = tokenizer.encode
+    tokenizer.encode = lambda *a, **k: calls.append(1) or real_encode(*a, **k)
+    try:
+        huge = "word " * (2 * 1024 * 1024)  # 10 MiB of text
+        started = time.perf_counter()
+        r = s.post({"messages": [{"role": "user", "content": huge}], "max_tokens": 1})
+        elapsed = time.perf_counter() - started
+        error = assert_openai_error(r, 400, "context_length_exceeded", "messages")
+        assert str(CONTEXT) in error["message"]
+        assert not calls, "the prompt was tokenized"
+        assert elapsed < 4.0, elapsed
+        # Just over the bound is refused too; a prompt that merely exceeds the context after
+        # tokenizing still gets the exact token count.
+        r = s.post({"messages": [{"role": "user", "content": "x" * (CONTEXT * MAX_CHARS_PER_TOKEN + 1)}]})
+        assert_openai_error(r, 400, "context_length_exceeded")
+        assert not calls
+        r = s.post({"messages": [{"role": "user", "content": "word " * (CONTEXT * 2)}]})
+        error = assert_openai_error(r, 400, "context_length_exceeded")
+        assert "tokens" in error["message"] and calls
+    finally:
+        del tokenizer.encode
