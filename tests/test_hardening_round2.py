@@ -246,3 +246,21 @@ def test_an_over_long_prompt_is_refused_before_tokenizing(serve, loaded) -> None
         assert "tokens" in error["message"] and calls
     finally:
         del tokenizer.encode
+
+
+# --- 5. keep-alive costs nothing (TCP_NODELAY on accepted connections) -----------------------
+
+
+def test_requests_on_a_reused_connection_are_not_delayed(serve) -> None:
+    s = serve()
+    with httpx.Client(base_url=s.base_url, headers=s.headers, timeout=10) as client:
+        client.get("/health")
+        timings = []
+        for _ in range(8):
+            started = time.perf_counter()
+            assert client.get("/v1/models").status_code == 200
+            timings.append(time.perf_counter() - started)
+        # The same connection throughout (keep-alive), and no ~40 ms delayed-ACK stall.
+        assert len(client._transport._pool.connections) == 1
+    timings.sort()
+    assert timings[len(timings) // 2] < 0.025, timings
