@@ -106,10 +106,16 @@ char *lib_mlx_load_model(const char *config_json);
  *    "port": 0,                            default 0 = pick a free port (reported back)
  *    "model_id": "org/name",               optional; overrides the id from load_model
  *    "queue_limit": 1,                     requests in flight plus waiting; default 1
- *    "api_key": null,                      optional bearer token; by default the server makes
- *    "auth": "bearer"}                     a random one and replies with it ("none" = no auth)
- *   The other fields of lib_mlx's MlxServerConfig (allowed_origins, max_body_bytes, ...) are
- *   accepted too; unknown keys are ignored.
+ *    "api_key": null,                      optional bearer token (printable ASCII, no spaces);
+ *                                          by default the server makes a random one and
+ *    "auth": "bearer",                     replies with it ("none" = no auth)
+ *    "allowed_origins": [],                CORS origins (JSON array of strings); default none
+ *    "max_body_bytes": 33554432,           request body cap (413 above it)
+ *    "max_media_part_bytes": 20971520,     one decoded image/audio or file part
+ *    "allow_remote_media": false,          fetch http(s) media URLs
+ *    "chat_page": true}                    serve the chat page at /
+ *   Every field is optional; unknown keys are ignored. A string holding a lone surrogate
+ *   escape ("\ud800") is invalid_json.
  * reply:
  *   {"ok": true, "handle": 1,
  *    "server": {"host": "127.0.0.1", "port": 58291, "base_url": "http://127.0.0.1:58291",

@@ -264,3 +264,96 @@ def test_requests_on_a_reused_connection_are_not_delayed(serve) -> None:
         assert len(client._transport._pool.connections) == 1
     timings.sort()
     assert timings[len(timings) // 2] < 0.025, timings
+
+
+# --- 6. every config field through the JSON ABI; 13. ABI codes and api_key footguns ----------
+
+
+SERVER_FIELDS = {
+    "host": "127.0.0.1",
+    "port": 0,
+    "model_id": "served-name",
+    "queue_limit": 3,
+    "api_key": "a-token_of.ASCII~only",
+    "auth": "bearer",
+    "allowed_origins": ["http://localhost:3000", "app://local"],
+    "max_body_bytes": 4 * 1024 * 1024,
+    "max_media_part_bytes": 2 * 1024 * 1024,
+    "allow_remote_media": True,
+    "chat_page": False,
+}
+
+
+def test_every_config_field_is_settable_through_the_json_abi(make_model) -> None:
+    import dataclasses
+
+    from lib_mlx import abi
+    from lib_mlx.config import MlxModelConfig as ModelConfig, MlxServerConfig as ServerConfig
+
+    model_dir = str(make_model("qwen3", max_position_embeddings=CONTEXT))
+    model_fields = {"model_path": model_dir, "model_id": "org/tiny", "revision": "main", "thinking_enabled": False, "lazy_encoders": False}
+    # A field added later without a JSON value here fails this test.
+    assert set(SERVER_FIELDS) == {f.name for f in dataclasses.fields(ServerConfig)}
+    assert set(model_fields) == {f.name for f in dataclasses.fields(ModelConfig)}
+    loaded_reply = json.loads(abi.load_model(json.dumps(model_fields)))
+    assert loaded_reply["ok"], loaded_reply
+    handle = loaded_reply["handle"]
+    try:
+        entry = abi.runtime()._entry(handle)
+        for name, value in model_fields.items():
+            assert getattr(entry.config, name) == value, name
+        reply = json.loads(abi.start_server(handle, json.dumps(SERVER_FIELDS)))
+        assert reply["ok"], reply
+        settings = entry.server.settings
+        for name, value in SERVER_FIELDS.items():
+            expected = tuple(value) if isinstance(value, list) else value
+            assert getattr(settings, name) == expected, name
+        assert reply["server"]["model_id"] == "served-name" and reply["server"]["api_key"] == SERVER_FIELDS["api_key"]
+        # allowed_origins took effect: a CORS preflight from a listed origin is answered.
+        r = httpx.options(
+            reply["server"]["base_url"] + "/v1/chat/completions",
+            headers={"Origin": "app://local", "Access-Control-Request-Method": "POST"},
+        )
+        assert r.headers.get("access-control-allow-origin") == "app://local"
+        for empty in ([], ()):
+            assert json.loads(abi.stop_server(handle))["ok"]
+            assert json.loads(abi.start_server(handle, json.dumps({"allowed_origins": list(empty)})))["ok"]
+    finally:
+        abi.unload_model(handle)
+
+
+@pytest.mark.parametrize(
+    ("config", "code", "param"),
+    [
+        ({"api_key": " padded "}, "invalid_config", "api_key"),
+        ({"api_key": "ключ"}, "invalid_config", "api_key"),
+        ({"api_key": "two words"}, "invalid_config", "api_key"),
+        ({"api_key": ""}, "invalid_config", "api_key"),
+        ({"allowed_origins": [1]}, "invalid_config", "allowed_origins.0"),
+        ({"model_id": "\ud800"}, "invalid_json", "model_id"),
+    ],
+)
+def test_bad_server_configs_are_refused_by_field(config, code, param) -> None:
+    from lib_mlx.config import MlxServerConfig as ServerConfig, parse_config
+    from lib_mlx.errors import LibMlxError
+
+    with pytest.raises(LibMlxError) as err:
+        parse_config(ServerConfig, json.dumps(config))
+    assert err.value.code == code and err.value.param == param, err.value
+
+
+@pytest.mark.parametrize(
+    ("config_json", "code"),
+    [
+        ('{"a": ' * 5000, "invalid_json"),  # nested too deeply for the parser
+        ('{"model_path": "\\ud800"}', "invalid_json"),  # a lone surrogate escape
+        (json.dumps({"model_path": "/" + "a" * 5000}), "model_not_found"),  # ENAMETOOLONG
+        (json.dumps({"model_id": "nobody/not-cached"}), "model_not_found"),
+    ],
+)
+def test_abi_error_codes_are_the_ones_the_header_promises(config_json, code) -> None:
+    from lib_mlx import abi
+
+    reply = json.loads(abi.load_model(config_json))
+    assert reply["ok"] is False and reply["error"]["code"] == code, reply
+    assert reply["error"]["message"].encode("utf-8")
