@@ -357,3 +357,44 @@ def test_abi_error_codes_are_the_ones_the_header_promises(config_json, code) -> 
     reply = json.loads(abi.load_model(config_json))
     assert reply["ok"] is False and reply["error"]["code"] == code, reply
     assert reply["error"]["message"].encode("utf-8")
+
+
+# --- 7. importing mlx-lm keeps the host's open-file limits ----------------------------------
+
+
+@pytest.mark.parametrize("limits", ["high", "low"])
+def test_loading_keeps_the_hosts_open_file_limits(make_model, limits) -> None:
+    """A fresh process with a hard limit above 4096 keeps it (mlx-lm lowered it to 4096), and
+    one with a hard limit below 4096 can still load (mlx-lm's setrlimit failed the import)."""
+    import resource
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if limits == "high":
+        if hard != resource.RLIM_INFINITY and hard <= 4096:
+            pytest.skip(f"this process's hard limit ({hard}) is not above 4096")
+        start = (1024, 8192 if hard == resource.RLIM_INFINITY else min(hard, 65536))
+    else:
+        start = (256, 1024)
+    model_dir = make_model("qwen3", max_position_embeddings=CONTEXT)
+    code = (
+        "import json, resource, sys\n"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, {start!r})\n"
+        "from lib_mlx import abi\n"
+        "reply = json.loads(abi.load_model(json.dumps({'model_path': sys.argv[1]})))\n"
+        "print(json.dumps({'reply': reply, 'limits': resource.getrlimit(resource.RLIMIT_NOFILE)}))\n"
+        "abi.unload_model(reply.get('handle', 0))\n"
+    )
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(model_dir)],
+        capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "PYTHONPATH": src},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["reply"]["ok"], out
+    new_soft, new_hard = out["limits"]
+    assert new_hard == start[1], out  # never lowered
+    assert new_soft >= start[0]  # raised at most (mlx-lm wants 2048 where the hard limit allows)

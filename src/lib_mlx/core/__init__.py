@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-from ..config import MlxModelConfig
-from .engine import Arrival, Engine, Generation, SamplingParams
-from .loader import LoadedModel, load
-from .prompt import ChatPrompt, RenderedPrompt, render
+from ._limits import import_mlx_lm
+
+import_mlx_lm()  # first, before anything below imports mlx-lm: keeps the host's RLIMIT_NOFILE
+
+from ..config import MlxModelConfig  # noqa: E402
+from .engine import Arrival, Engine, Generation, SamplingParams  # noqa: E402
+from .loader import LoadedModel, load  # noqa: E402
+from .prompt import ChatPrompt, RenderedPrompt, render  # noqa: E402
 
 
 class MlxCore:
