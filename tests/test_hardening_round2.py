@@ -398,3 +398,35 @@ def test_loading_keeps_the_hosts_open_file_limits(make_model, limits) -> None:
     new_soft, new_hard = out["limits"]
     assert new_hard == start[1], out  # never lowered
     assert new_soft >= start[0]  # raised at most (mlx-lm wants 2048 where the hard limit allows)
+
+
+# --- 8. lone surrogates: 400 naming the field --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "\\ud800"}], "max_tokens": 2}', "messages[0].content"),
+        ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "hi"}], "stop": ["\\udfff"], "max_tokens": 2}', "stop[0]"),
+        ("/v1/responses", '{"input": "\\ud800", "max_output_tokens": 2}', "input"),
+        ("/v1/responses", '{"input": "\\ud800", "max_output_tokens": 2, "stream": true}', "input"),
+        ("/v1/responses", '{"input": "hi", "max_output_tokens": 2, "metadata": {"k": "\\ud800"}}', "metadata.k"),
+    ],
+)
+def test_lone_surrogate_escapes_are_400_naming_the_field(serve, path, body, param) -> None:
+    s = serve()
+    r = s.post(body.encode(), path=path, headers={"Content-Type": "application/json"})
+    assert_openai_error(r, 400, "invalid_json", param)
+    # A real astral character written as a surrogate *pair* is fine.
+    ok = s.post(b'{"messages": [{"role": "user", "content": "\\ud83d\\ude00"}], "max_tokens": 2}', headers={"Content-Type": "application/json"})
+    assert ok.status_code == 200, ok.text
+
+
+def test_a_stored_response_never_holds_a_lone_surrogate(serve) -> None:
+    s = serve()
+    body = json.dumps({"input": "hi", "max_output_tokens": 2, "store": True, "instructions": "\ud800"})  # ASCII escapes
+    r = s.post(body.encode(), path="/v1/responses", headers={"Content-Type": "application/json"})
+    assert_openai_error(r, 400, "invalid_json", "instructions")
+    r = s.post({"input": "hi", "max_output_tokens": 2, "store": True}, path="/v1/responses")
+    assert r.status_code == 200
+    assert httpx.get(f"{s.base_url}/v1/responses/{r.json()['id']}", headers=s.headers).status_code == 200

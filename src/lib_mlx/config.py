@@ -15,6 +15,7 @@ import pydantic
 from pydantic import BeforeValidator, ConfigDict, Field
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from ._text import lone_surrogate_at
 from .errors import InvalidConfigError, InvalidJsonError
 
 _STRICT = ConfigDict(strict=True, extra="ignore")
@@ -134,26 +135,11 @@ def parse_config(cls: type[_C], config_json: str | bytes | None, *, required: bo
         raise InvalidJsonError("config is nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidConfigError(f"config must be a JSON object, not {type(data).__name__}")
-    for key, value in data.items():
-        _check_text(value, key)
+    where = lone_surrogate_at(data)
+    if where is not None:
+        raise InvalidJsonError(f"{where}: the string holds a lone surrogate escape (not valid UTF-8)", param=where)
     return config_from_dict(cls, data)
 
-
-def _check_text(value: Any, where: str) -> None:
-    """A ``\\ud800``-style escape decodes to a lone surrogate, which no UTF-8 text can hold:
-    ``invalid_json`` naming the field, before it reaches a path, a header or a reply."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidJsonError(f"{where}: the string holds a lone surrogate escape (not valid UTF-8)", param=where) from None
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_text(item, f"{where}[{i}]")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_text(key, where)
-            _check_text(item, f"{where}.{key}")
 
 
 def config_from_dict(cls: type[_C], data: dict[str, Any]) -> _C:

@@ -21,6 +21,7 @@ import pydantic
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .._text import lone_surrogate_at
 from ..config import MlxServerConfig
 from ..core import Arrival, Generation, MlxCore, RenderedPrompt, SamplingParams
 from ..errors import (
@@ -84,6 +85,7 @@ class ServerContext:
             raise InvalidJsonError("request body is nested too deeply") from None
         if not isinstance(data, dict):
             raise InvalidRequestError("request body must be a JSON object")
+        reject_lone_surrogates(data)
         return data
 
     @staticmethod
@@ -173,6 +175,17 @@ class ServerContext:
 def _drop_result(job: asyncio.Future[Any]) -> None:
     if not job.cancelled():
         job.exception()  # retrieved: an abandoned render's error is not logged as unhandled
+
+
+def reject_lone_surrogates(data: dict[str, Any], prefix: str = "") -> None:
+    """400 naming the field whose string holds a lone surrogate escape (``"\\ud800"``): it
+    could be neither tokenized nor stored nor sent back."""
+    where = lone_surrogate_at(data, prefix)
+    if where is not None:
+        raise InvalidJsonError(
+            f"{where}: the string holds a lone surrogate escape (e.g. \\ud800), which is not valid Unicode text",
+            param=where,
+        )
 
 
 # --- cancel on disconnect -----------------------------------------------------------------------

@@ -175,6 +175,9 @@ def _assemble(parts: list[_Part]) -> MultipartBody:
         raise InvalidJsonError("the 'request' part is nested too deeply", param="request") from None
     if not isinstance(payload, dict):
         raise InvalidRequestError("the 'request' part must be a JSON object", param="request")
+    from .context import reject_lone_surrogates
+
+    reject_lone_surrogates(payload)
     attachments: dict[str, Attachment] = {}
     for part in parts:
         if part is payload_part:
