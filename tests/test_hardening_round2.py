@@ -430,3 +430,92 @@ def test_a_stored_response_never_holds_a_lone_surrogate(serve) -> None:
     r = s.post({"input": "hi", "max_output_tokens": 2, "store": True}, path="/v1/responses")
     assert r.status_code == 200
     assert httpx.get(f"{s.base_url}/v1/responses/{r.json()['id']}", headers=s.headers).status_code == 200
+
+
+# --- 9. read timeouts and a connection cap -----------------------------------------------------
+
+
+@pytest.fixture
+def short_limits(monkeypatch):
+    from lib_mlx.server import connections
+
+    monkeypatch.setattr(connections, "HEADER_TIMEOUT", 1.0)
+    monkeypatch.setattr(connections, "BODY_IDLE_TIMEOUT", 1.0)
+    monkeypatch.setattr(connections, "MAX_CONNECTIONS", 6)
+
+
+def _read_until_closed(sock: socket.socket, limit: float = 10.0) -> tuple[bytes, float]:
+    sock.settimeout(limit)
+    started, got = time.perf_counter(), b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return got, time.perf_counter() - started
+        got += chunk
+
+
+def test_a_connection_that_sends_nothing_is_closed(serve, short_limits) -> None:
+    s = serve()
+    with socket.create_connection(("127.0.0.1", s.port)) as sock:
+        got, elapsed = _read_until_closed(sock)
+    assert got == b"" and 0.5 < elapsed < 4.0, elapsed
+
+
+def test_trickled_headers_get_408_however_slowly_they_come(serve, short_limits) -> None:
+    import threading
+
+    s = serve()
+    with socket.create_connection(("127.0.0.1", s.port)) as sock:
+        stop = threading.Event()
+
+        def trickle() -> None:
+            for byte in f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{s.port}\r\nX-Slow: ".encode() + b"a" * 1000:
+                if stop.wait(0.05):
+                    return
+                try:
+                    sock.send(bytes([byte]))
+                except OSError:
+                    return
+
+        thread = threading.Thread(target=trickle)
+        thread.start()
+        try:
+            got, elapsed = _read_until_closed(sock)
+        finally:
+            stop.set()
+            thread.join()
+    assert got.startswith(b"HTTP/1.1 408"), got
+    assert json.loads(got.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
+    assert elapsed < 4.0
+
+
+def test_a_stalled_body_is_closed_and_the_server_serves_on(serve, short_limits) -> None:
+    s = serve()
+    body = json.dumps(chat_body()).encode()
+    with socket.create_connection(("127.0.0.1", s.port)) as sock:
+        head = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{s.port}\r\n"
+            f"Authorization: Bearer {s.info.api_key}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + body[:10])
+        got, elapsed = _read_until_closed(sock)
+    assert elapsed < 4.0
+    s.assert_serving()
+
+
+def test_connections_over_the_cap_are_refused_at_once(serve, short_limits) -> None:
+    s = serve()
+    idle = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(6)]
+    try:
+        time.sleep(0.1)
+        with socket.create_connection(("127.0.0.1", s.port)) as extra:
+            got, elapsed = _read_until_closed(extra, 3.0)
+        assert got.startswith(b"HTTP/1.1 503"), got
+        assert json.loads(got.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "too_many_connections"
+        assert elapsed < 1.0
+    finally:
+        for sock in idle:
+            sock.close()
+    time.sleep(0.2)
+    assert httpx.get(s.base_url + "/health").status_code == 200

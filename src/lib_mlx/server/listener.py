@@ -20,6 +20,7 @@ from ..config import MlxServerConfig, ServerInfo
 from ..core import MlxCore
 from ..errors import InvalidConfigError, PortInUseError, ServerStartError
 from .app import build_app
+from .connections import guarded_protocol
 from .context import ServerContext
 
 log = logging.getLogger("lib_mlx.server")
@@ -75,6 +76,8 @@ class ServerHandle:
             # Our own Host check replaces uvicorn's proxy handling.
             proxy_headers=False,
             server_header=False,
+            # Read timeouts and a connection cap (``server.connections``).
+            http=guarded_protocol(),
         )
         self._server = uvicorn.Server(config)
         self._loop: asyncio.AbstractEventLoop | None = None
