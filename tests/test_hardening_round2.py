@@ -519,3 +519,38 @@ def test_connections_over_the_cap_are_refused_at_once(serve, short_limits) -> No
             sock.close()
     time.sleep(0.2)
     assert httpx.get(s.base_url + "/health").status_code == 200
+
+
+# --- 10. the sampler cache is bounded; 12. a tiny top_p is greedy ----------------------------
+
+
+def _sampling_module():
+    try:
+        from lib_mlx.core import sampling as module  # after core's split
+    except ImportError:
+        from lib_mlx.core import decode as module
+    return module
+
+
+def test_the_shared_sampler_cache_is_bounded(serve) -> None:
+    module = _sampling_module()
+    s = serve()
+    for i in range(module.MAX_SHARED_SAMPLERS + 8):
+        r = s.post(chat_body(max_tokens=1, temperature=0.5 + i / 1000))
+        assert r.status_code == 200, r.text
+    assert len(module._shared_samplers) <= module.MAX_SHARED_SAMPLERS
+    # Many distinct temperatures straight through the sampler factory: still bounded.
+    from lib_mlx.core import SamplingParams
+
+    for i in range(3 * module.MAX_SHARED_SAMPLERS):
+        module.make_request_sampler(SamplingParams(temperature=0.1 + i / 10_000), {})
+    assert len(module._shared_samplers) == module.MAX_SHARED_SAMPLERS
+
+
+@pytest.mark.parametrize("top_p", [1e-46, 1e-30, 1e-7])
+@pytest.mark.parametrize("seed", [None, 7])
+def test_a_tiny_top_p_is_greedy(serve, top_p, seed) -> None:
+    s = serve()
+    greedy = s.post(chat_body(max_tokens=12, temperature=0, ignore_eos=True)).json()
+    sampled = s.post(chat_body(max_tokens=12, temperature=1.0, top_p=top_p, seed=seed, ignore_eos=True)).json()
+    assert sampled["choices"][0]["message"]["content"] == greedy["choices"][0]["message"]["content"]
