@@ -554,3 +554,23 @@ def test_a_tiny_top_p_is_greedy(serve, top_p, seed) -> None:
     greedy = s.post(chat_body(max_tokens=12, temperature=0, ignore_eos=True)).json()
     sampled = s.post(chat_body(max_tokens=12, temperature=1.0, top_p=top_p, seed=seed, ignore_eos=True)).json()
     assert sampled["choices"][0]["message"]["content"] == greedy["choices"][0]["message"]["content"]
+
+
+# --- 14. POST bodies must be JSON or multipart (415) ---------------------------------------------
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None, "application/jsonx"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
+def test_post_bodies_of_other_types_are_415(serve, loaded, content_type, path) -> None:
+    from hardening_support import core_of
+
+    s = serve(auth="none")
+    engine = core_of(*loaded).engine
+    body = json.dumps(chat_body() if path.endswith("completions") else {"input": "hi", "max_output_tokens": 2})
+    headers = {"Content-Type": content_type} if content_type else {}
+    r = httpx.post(s.base_url + path, content=body.encode(), headers=headers)
+    error = assert_openai_error(r, 415, "unsupported_media_type", "Content-Type")
+    assert "application/json" in error["message"]
+    assert engine.in_flight == 0
+    ok = httpx.post(s.base_url + path, content=body.encode(), headers={"Content-Type": "application/json; charset=utf-8"})
+    assert ok.status_code == 200, ok.text

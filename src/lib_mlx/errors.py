@@ -110,6 +110,12 @@ class PayloadTooLargeError(LibMlxError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaTypeError(LibMlxError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
 class QueueFullError(LibMlxError):
     status = 429
     type = "rate_limit_error"
