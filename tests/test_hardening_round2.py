@@ -574,3 +574,19 @@ def test_post_bodies_of_other_types_are_415(serve, loaded, content_type, path) -
     assert engine.in_flight == 0
     ok = httpx.post(s.base_url + path, content=body.encode(), headers={"Content-Type": "application/json; charset=utf-8"})
     assert ok.status_code == 200, ok.text
+
+
+# --- 13. a multipart boundary over 256 characters is a 400 ------------------------------------
+
+
+@pytest.mark.parametrize("length", [256, 257, 5000])
+def test_a_long_multipart_boundary_is_400_not_500(serve, length) -> None:
+    s = serve()
+    b = "b" * length
+    request = json.dumps(chat_body(max_tokens=1))
+    body = f'--{b}\r\nContent-Disposition: form-data; name="request"\r\n\r\n{request}\r\n--{b}--\r\n'.encode()
+    r = s.post(body, headers={"Content-Type": f"multipart/form-data; boundary={b}"})
+    if length <= 256:
+        assert r.status_code == 200, r.text
+    else:
+        assert_openai_error(r, 400, "invalid_multipart")

@@ -143,9 +143,9 @@ async def read_multipart(request: Request, *, max_part_bytes: int, max_total_byt
     if not boundary:
         raise InvalidRequestError("multipart/form-data request without a boundary", code="invalid_multipart")
     collector = _Collector(max_part_bytes)
-    parser = MultipartParser(boundary, collector.callbacks())
     size = 0
     try:
+        parser = MultipartParser(boundary, collector.callbacks())  # refuses a boundary over 256 bytes
         async for chunk in request.stream():
             size += len(chunk)
             if size > max_total_bytes:
