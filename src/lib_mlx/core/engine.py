@@ -38,6 +38,7 @@ from .batching import BatchRunner, Handoff
 from .decode import RequestStream, SeededSampler, make_request_sampler, with_prefix
 from .events import Done, Event, Failed, Usage
 from .loader import LoadedModel
+from .mlx_thread import MlxThread
 from .prompt import RenderedPrompt
 from .prompt_cache import (
     DEFAULT_MAX_BYTES,
@@ -215,7 +216,8 @@ class Engine:
         self._active: set[Generation] = set()
         self._closed = False
         _materialize(loaded.model)
-        self._thread = threading.Thread(target=self._run, name=f"lib_mlx-engine-{loaded.model_id}", daemon=True)
+        # A reused thread: MLX's per-thread streams outlive a thread of our own (``mlx_thread``).
+        self._thread = MlxThread(self._run, name=f"lib_mlx-engine-{loaded.model_id}")
         self._thread.start()
 
     # public ----------------------------------------------------------------------------
