@@ -291,7 +291,17 @@ def test_every_config_field_is_settable_through_the_json_abi(make_model) -> None
     from lib_mlx.config import MlxModelConfig as ModelConfig, MlxServerConfig as ServerConfig
 
     model_dir = str(make_model("qwen3", max_position_embeddings=CONTEXT))
-    model_fields = {"model_path": model_dir, "model_id": "org/tiny", "revision": "main", "thinking_enabled": False, "lazy_encoders": False}
+    model_fields = {
+        "model_path": model_dir,
+        "model_id": "org/tiny",
+        "revision": "main",
+        "thinking_enabled": False,
+        "lazy_encoders": False,
+        "prompt_cache_bytes": 1 << 20,
+        "distributed": None,  # one process (a mode needs ranks started by mlx.launch)
+        "distributed_backend": "ring",
+        "distributed_timeout_s": 12.5,
+    }
     # A field added later without a JSON value here fails this test.
     assert set(SERVER_FIELDS) == {f.name for f in dataclasses.fields(ServerConfig)}
     assert set(model_fields) == {f.name for f in dataclasses.fields(ModelConfig)}
@@ -565,13 +575,13 @@ def test_post_bodies_of_other_types_are_415(serve, loaded, content_type, path) -
     from hardening_support import core_of
 
     s = serve(auth="none")
-    engine = core_of(*loaded).engine
+    core = core_of(*loaded)
     body = json.dumps(chat_body() if path.endswith("completions") else {"input": "hi", "max_output_tokens": 2})
     headers = {"Content-Type": content_type} if content_type else {}
     r = httpx.post(s.base_url + path, content=body.encode(), headers=headers)
     error = assert_openai_error(r, 415, "unsupported_media_type", "Content-Type")
     assert "application/json" in error["message"]
-    assert engine.in_flight == 0
+    assert core.in_flight == 0
     ok = httpx.post(s.base_url + path, content=body.encode(), headers={"Content-Type": "application/json; charset=utf-8"})
     assert ok.status_code == 200, ok.text
 

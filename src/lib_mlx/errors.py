@@ -2,7 +2,9 @@
 
 Each class carries its HTTP status and its OpenAI error ``type``/``code``. The server maps any
 ``LibMlxError`` to ``{"error": {...}}`` and the ABI to ``{"ok": false, "error": {...}}`` in one
-place each (``server.errors`` and ``abi``). Never classify errors by their message text.
+place each (``server.errors`` and ``abi``); anything else that reaches a boundary is made one of
+these by ``core.failures.classify``. Never classify errors by their message text (MLX's
+allocation failures, which have no type of their own, are the one documented exception there).
 """
 
 from __future__ import annotations
@@ -43,9 +45,28 @@ class LibMlxError(Exception):
             }
         }
 
+    def to_anthropic(self) -> dict[str, Any]:
+        """Anthropic's wire shape: ``{"type": "error", "error": {"type", "message"}}``, its
+        ``type`` chosen by the HTTP status as Anthropic's API does."""
+        return {"type": "error", "error": {"type": ANTHROPIC_TYPES.get(self.status, "api_error"), "message": self.message}}
+
     def to_abi(self) -> dict[str, Any]:
         """The lifecycle ABI shape: ``{"ok": false, "error": {"code", "message"}}``."""
         return {"ok": False, "error": {"code": self.code, "message": self.message}}
+
+
+# Anthropic's error types by HTTP status (``LibMlxError.to_anthropic``).
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
 
 
 # --- request / config problems (400) -------------------------------------------------------
@@ -158,6 +179,13 @@ class NotReadyError(LibMlxError):
 # --- generation ------------------------------------------------------------------------------
 
 
+class RankFailedError(NotReadyError):
+    """A model sharded over several processes lost one of them (it died, or stopped answering
+    within ``distributed_timeout_s``): the model cannot generate until it is loaded again."""
+
+    code = "rank_failed"
+
+
 class GenerationError(LibMlxError):
     status = 500
     type = "server_error"
@@ -176,11 +204,3 @@ class CancelledError(LibMlxError):
     type = "server_error"
     code = "cancelled"
 
-
-def from_exception(exc: BaseException) -> LibMlxError:
-    """Wrap anything unexpected as an internal error, keeping ours as they are."""
-    if isinstance(exc, LibMlxError):
-        return exc
-    if isinstance(exc, MemoryError):
-        return OutOfMemoryError(f"Out of memory: {exc}")
-    return LibMlxError(f"{type(exc).__name__}: {exc}")

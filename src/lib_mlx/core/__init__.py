@@ -1,58 +1,55 @@
-"""Everything that touches MLX. Knows nothing about HTTP."""
+"""Everything that touches MLX. Knows nothing about HTTP.
+
+The runtime and the server use core through ``MlxCore`` (the contract: ``InferenceCore``) and
+the plain values it takes and gives: ``ChatPrompt`` / ``RenderedPrompt``, ``SamplingParams``,
+the ``Generation`` handle and the events in ``core.events``.
+
+The names below are imported on first use: importing a light module of core (``core.failures``
+for the C ABI's error bodies, ``core.events``) does not load MLX, mlx-lm and transformers
+(seconds).
+"""
 
 from __future__ import annotations
 
-import asyncio
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from ._limits import import_mlx_lm
+if TYPE_CHECKING:
+    from .facade import Capabilities, InferenceCore, MlxCore
+    from .prompt import ChatPrompt, RenderedPrompt
+    from .request import Arrival, Generation, SamplingParams
+    from .stats import EngineStats
 
-import_mlx_lm()  # first, before anything below imports mlx-lm: keeps the host's RLIMIT_NOFILE
-
-from ..config import MlxModelConfig  # noqa: E402
-from .engine import Arrival, Engine, Generation, SamplingParams  # noqa: E402
-from .loader import LoadedModel, load  # noqa: E402
-from .prompt import ChatPrompt, RenderedPrompt, render  # noqa: E402
-
-
-class MlxCore:
-    """One loaded model and the worker that generates with it."""
-
-    def __init__(self, loaded: LoadedModel, queue_limit: int = 1) -> None:
-        self.loaded = loaded
-        self.engine = Engine(loaded, queue_limit=queue_limit)
-
-    @classmethod
-    def load(cls, config: MlxModelConfig) -> "MlxCore":
-        return cls(load(config))
-
-    @property
-    def model_id(self) -> str:
-        return self.loaded.model_id
-
-    @property
-    def context_length(self) -> int:
-        return self.loaded.context_length
-
-    def render(self, prompt: ChatPrompt) -> RenderedPrompt:
-        return render(self.loaded, prompt)
-
-    def announce(self) -> Arrival | None:
-        """A request is on its way (see ``Engine.announce``); pass the result to ``submit``."""
-        return self.engine.announce()
-
-    def submit(
-        self,
-        prompt: RenderedPrompt,
-        params: SamplingParams,
-        *,
-        loop: asyncio.AbstractEventLoop | None = None,
-        arrival: Arrival | None = None,
-    ) -> Generation:
-        return self.engine.submit(prompt, params, loop=loop, arrival=arrival)
-
-    def close(self) -> None:
-        self.engine.close()
-        self.loaded = None  # type: ignore[assignment]
+_EXPORTS = {
+    "Arrival": ".request",
+    "Capabilities": ".facade",
+    "ChatPrompt": ".prompt",
+    "EngineStats": ".stats",
+    "Generation": ".request",
+    "InferenceCore": ".facade",
+    "MlxCore": ".facade",
+    "RenderedPrompt": ".prompt",
+    "SamplingParams": ".request",
+}
 
 
-__all__ = ["Arrival", "ChatPrompt", "Generation", "MlxCore", "RenderedPrompt", "SamplingParams"]
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "Arrival",
+    "Capabilities",
+    "ChatPrompt",
+    "EngineStats",
+    "Generation",
+    "InferenceCore",
+    "MlxCore",
+    "RenderedPrompt",
+    "SamplingParams",
+]

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._text import lone_surrogate_at
 from ..config import MlxServerConfig
-from ..core import Arrival, Generation, MlxCore, RenderedPrompt, SamplingParams
+from ..core import Arrival, Generation, InferenceCore, RenderedPrompt, SamplingParams
 from ..errors import (
     CancelledError,
     ContextLengthExceededError,
@@ -45,7 +45,7 @@ MAX_CONCURRENT_RENDERS = 4
 
 @dataclass
 class ServerContext:
-    core: MlxCore
+    core: InferenceCore  # the one door into core; nothing here knows the engine behind it
     settings: MlxServerConfig
     model_id: str
     api_key: str | None
@@ -118,7 +118,7 @@ class ServerContext:
         check, finishes on its own)."""
         if not self.ready:
             raise CancelledError("the server is stopping")
-        if self.rendering + self.core.engine.in_flight >= self.settings.queue_limit:
+        if self.rendering + self.core.in_flight >= self.core.queue_limit:
             raise QueueFullError()
         if self._render_pool is None:
             # Our own threads, not the loop's default executor: a server that stops does not
