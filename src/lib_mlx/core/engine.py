@@ -85,7 +85,13 @@ class Engine:
             self._ctx.lockstep = _lockstep(loaded, self.prompt_cache, self._stalled)
         _materialize(loaded.model)
         # A reused thread: MLX's per-thread streams outlive a thread of our own (``mlx_thread``).
-        self._thread = MlxThread(self._run, name=f"lib_mlx-engine-{loaded.model_id}")
+        # A distributed rank (a process of its own, loaded once) keeps a plain thread: its
+        # stalled-rank recovery was only verified there.
+        name = f"lib_mlx-engine-{loaded.model_id}"
+        if loaded.distributed is None:
+            self._thread: MlxThread | threading.Thread = MlxThread(self._run, name=name)
+        else:
+            self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     # public ----------------------------------------------------------------------------
