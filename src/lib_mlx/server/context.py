@@ -75,18 +75,9 @@ class ServerContext:
 
     async def read_json(self, request: Request) -> dict[str, Any]:
         body = await self.read_body(request)
-        try:
-            data = json.loads(body.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise InvalidJsonError("request body is not valid UTF-8") from None
-        except ValueError as exc:
-            raise InvalidJsonError(f"request body is not valid JSON: {exc}") from None
-        except RecursionError:
-            raise InvalidJsonError("request body is nested too deeply") from None
-        if not isinstance(data, dict):
-            raise InvalidRequestError("request body must be a JSON object")
-        reject_lone_surrogates(data)
-        return data
+        if len(body) > _PARSE_ON_LOOP_BYTES:  # a large body parses off the event loop
+            return await asyncio.to_thread(parse_json_body, body)
+        return parse_json_body(body)
 
     @staticmethod
     def parse(model: type[_M], data: dict[str, Any]) -> _M:
@@ -175,6 +166,27 @@ class ServerContext:
 def _drop_result(job: asyncio.Future[Any]) -> None:
     if not job.cancelled():
         job.exception()  # retrieved: an abandoned render's error is not logged as unhandled
+
+
+# Bodies up to this size parse on the event loop (microseconds); larger ones in a thread, so
+# that a 32 MiB body does not stall every other connection while it parses.
+_PARSE_ON_LOOP_BYTES = 256 * 1024
+
+
+def parse_json_body(body: bytes) -> dict[str, Any]:
+    """A request body -> its JSON object, or the 400 that says what is wrong with it."""
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidJsonError("request body is not valid UTF-8") from None
+    except ValueError as exc:
+        raise InvalidJsonError(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidJsonError("request body is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError("request body must be a JSON object")
+    reject_lone_surrogates(data)
+    return data
 
 
 def reject_lone_surrogates(data: dict[str, Any], prefix: str = "") -> None:

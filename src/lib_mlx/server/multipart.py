@@ -150,11 +150,11 @@ async def read_multipart(request: Request, *, max_part_bytes: int, max_total_byt
             size += len(chunk)
             if size > max_total_bytes:
                 raise PayloadTooLargeError(f"request body is larger than the {max_total_bytes}-byte limit")
-            parser.write(chunk)
+            await asyncio.to_thread(parser.write, chunk)  # python-multipart is pure Python: off the loop
         parser.finalize()
     except FormParserError as exc:
         raise InvalidRequestError(f"malformed multipart body: {exc}", code="invalid_multipart") from None
-    return _assemble(collector.parts)
+    return await asyncio.to_thread(_assemble, collector.parts)
 
 
 def _assemble(parts: list[_Part]) -> MultipartBody:
