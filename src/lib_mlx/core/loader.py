@@ -52,12 +52,21 @@ class LoadedModel:
         return str(self.config.get("model_type", "unknown"))
 
 
+def _is_dir(path: Path) -> bool:
+    """``Path.is_dir`` that answers False, not OSError, for a name too long or otherwise not a
+    path this system can look up."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def resolve_model_path(config: MlxModelConfig) -> Path:
     """A local directory as given, else the hub id through the local cache (then a download,
     where a network exists). Anything that cannot be found is ``model_not_found``."""
     if config.model_path:
         path = Path(config.model_path).expanduser()
-        if not path.is_dir():
+        if not _is_dir(path):
             raise ModelNotFoundError(f"model directory not found: {config.model_path}", param="model_path")
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(
