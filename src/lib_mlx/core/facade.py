@@ -12,15 +12,19 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from ..config import DEFAULT_PROMPT_CACHE_BYTES, MlxModelConfig
-from ..errors import InvalidRequestError, LibMlxError
-from .engine import Engine
-from .loader import LoadedModel, load
-from .memory_guard import check_request_fits
-from .progress import LoadProgress
-from .prompt import ChatPrompt, RenderedPrompt, render
-from .request import Arrival, Generation, SamplingParams
-from .stats import EngineStats
+from ._limits import import_mlx_lm
+
+import_mlx_lm()  # before anything below imports mlx-lm: keeps the host's RLIMIT_NOFILE
+
+from ..config import DEFAULT_PROMPT_CACHE_BYTES, MlxModelConfig  # noqa: E402
+from ..errors import InvalidRequestError, LibMlxError  # noqa: E402
+from .engine import Engine  # noqa: E402
+from .loader import LoadedModel, load  # noqa: E402
+from .memory_guard import check_request_fits  # noqa: E402
+from .progress import LoadProgress  # noqa: E402
+from .prompt import ChatPrompt, RenderedPrompt, render  # noqa: E402
+from .request import Arrival, Generation, SamplingParams  # noqa: E402
+from .stats import EngineStats  # noqa: E402
 
 
 @dataclass(frozen=True)

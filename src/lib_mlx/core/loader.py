@@ -60,6 +60,15 @@ class LoadedModel:
         return str(self.config.get("model_type", "unknown"))
 
 
+def _is_dir(path: Path) -> bool:
+    """``Path.is_dir`` that answers False, not OSError, for a name too long or otherwise not a
+    path this system can look up."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def resolve_model_path(config: MlxModelConfig, progress: LoadProgress | None = None) -> Path:
     """A local directory as given, else the hub id through the local cache (then a download
     with byte progress, where a network exists: ``core.hub``). Anything that cannot be found is
@@ -81,7 +90,7 @@ def resolve_model_path(config: MlxModelConfig, progress: LoadProgress | None = N
 
 def check_model_dir(model_path: str) -> Path:
     path = Path(model_path).expanduser()
-    if not path.is_dir():
+    if not _is_dir(path):
         raise ModelNotFoundError(f"model directory not found: {model_path}", param="model_path")
     if not (path / "config.json").is_file():
         raise ModelNotFoundError(f"not an MLX model directory (no config.json): {model_path}", param="model_path")

@@ -11,6 +11,7 @@ from typing import Any
 from ..errors import InvalidRequestError
 from .loader import LoadedModel
 from .template import apply_chat_template
+from .template_guard import check_prompt_size, check_rendered_size, check_template_kwargs
 
 
 @dataclass
@@ -164,6 +165,8 @@ def render(loaded: LoadedModel, prompt: ChatPrompt) -> RenderedPrompt:
     from .vlm import collect_media
 
     tokenizer = loaded.tokenizer
+    check_template_kwargs(prompt.template_kwargs, getattr(tokenizer, "chat_template", None))
+    check_prompt_size(prompt.messages, prompt.tools, loaded.context_length)
     thinking = resolve_thinking(loaded, prompt.thinking)
     media = collect_media(prompt.messages)
     if media and getattr(loaded, "vlm", None) is None:
@@ -187,6 +190,7 @@ def render(loaded: LoadedModel, prompt: ChatPrompt) -> RenderedPrompt:
     parses_calls = family.parser is not None or family.markers(loaded.parser_spec)[2]
     prefix = family.forced_call(prompt.tool_choice) if tools and parses_calls else ""
     text += prefix
+    check_rendered_size(text, loaded.context_length)
     tokens = tokenizer.encode(text, add_special_tokens=False)
     spec = loaded.parser_spec
     starts_in_reasoning = bool(spec.think_start) and text.rstrip().endswith(spec.think_start or "\0")
