@@ -281,6 +281,8 @@ SERVER_FIELDS = {
     "max_media_part_bytes": 2 * 1024 * 1024,
     "allow_remote_media": True,
     "chat_page": False,
+    "wait": True,  # on a loading handle: wait for the model (False: listen and answer 503)
+    "idle_unload_s": 600.0,
 }
 
 
@@ -301,6 +303,10 @@ def test_every_config_field_is_settable_through_the_json_abi(make_model) -> None
         "distributed": None,  # one process (a mode needs ranks started by mlx.launch)
         "distributed_backend": "ring",
         "distributed_timeout_s": 12.5,
+        "family": "qwen3",
+        "wait": True,  # False returns while it loads (tests/test_lifecycle_background.py)
+        "memory_budget_bytes": 1 << 40,
+        "max_request_kv_bytes": 1 << 30,
     }
     # A field added later without a JSON value here fails this test.
     assert set(SERVER_FIELDS) == {f.name for f in dataclasses.fields(ServerConfig)}

@@ -60,6 +60,7 @@ class LibMlxRuntime:
         ``config.wait``, True) blocks until it is ready and raises a failed load's error; False
         returns at once: ``server_status`` then shows the load's progress and outcome. The
         environment's overrides apply here (``config.with_env_overrides``)."""
+        from .core import MlxCore  # noqa: F401 - first: core.facade imports mlx-lm keeping the rlimits
         from .core.loader import check_model_dir
 
         wait = config.wait if wait is None else wait
