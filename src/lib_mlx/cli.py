@@ -152,11 +152,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     _stop_on_sigterm()
     runtime = LibMlxRuntime()
-    model = _model_config(args)
     handle = _load(runtime, model) if model.model_path else _load_from_hub(runtime, model)
-
-
-    handle = _load(runtime, model)
     rank = runtime.distributed_rank(handle)
     if rank:  # a rank other than 0 follows rank 0's requests until rank 0 stops
         print(f"Rank {rank} (pid {os.getpid()}): loaded its shard; following rank 0.", flush=True)
