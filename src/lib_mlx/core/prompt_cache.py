@@ -185,9 +185,14 @@ class CacheStats:
 class PromptCache:
     """An LRU of (tokens, model cache) entries bounded by count and bytes."""
 
-    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+    def __init__(
+        self, max_bytes: int = DEFAULT_MAX_BYTES, max_entries: int = DEFAULT_MAX_ENTRIES, *, disk: Any = None
+    ) -> None:
         self.max_bytes = max_bytes
         self.max_entries = max_entries
+        # A ``disk_cache.DiskPromptCache``: entries stored here are also written there (once
+        # each, off this thread), and a prompt it holds a longer prefix of is loaded from it.
+        self.disk = disk
         self._entries: OrderedDict[int, _Entry] = OrderedDict()
         self._keys = iter(range(1 << 62))
         self._nbytes = 0
@@ -213,17 +218,14 @@ class PromptCache:
     def fetch(self, tokens: Sequence[int]) -> CacheHit | None:
         """The entry sharing the longest usable prefix with ``tokens``, as a snapshot trimmed
         to that prefix; None when nothing can be reused."""
-        if not self._entries or len(tokens) < 2:
+        if len(tokens) < 2:
             self.stats.misses += 1
             return None
         query = np.asarray(tokens, dtype=np.int64)
         limit = len(tokens) - 1  # leave one token to process
-        best_key, best_len = None, 0
-        for key, entry in self._entries.items():
-            common = min(_common_prefix(entry.tokens, query), limit)
-            usable = common if (common == len(entry.tokens) or entry.trimmable) else 0
-            if usable > best_len or (usable == best_len and usable and best_key is not None):
-                best_key, best_len = key, usable  # ties: the most recently used wins
+        best_key, best_len = self._best(query, limit)
+        if self.disk is not None and self._from_disk(query, limit, best_len):
+            best_key, best_len = self._best(query, limit)
         if best_key is None or best_len == 0:
             self.stats.misses += 1
             return None
@@ -239,18 +241,40 @@ class PromptCache:
         self.stats.reused_tokens += best_len
         return CacheHit(cache, best_len)
 
+    def _best(self, query: np.ndarray, limit: int) -> tuple[int | None, int]:
+        best_key, best_len = None, 0
+        for key, entry in self._entries.items():
+            common = min(_common_prefix(entry.tokens, query), limit)
+            usable = common if (common == len(entry.tokens) or entry.trimmable) else 0
+            if usable > best_len or (usable == best_len and usable and best_key is not None):
+                best_key, best_len = key, usable  # ties: the most recently used wins
+        return best_key, best_len
+
+    def _from_disk(self, query: np.ndarray, limit: int, in_memory: int) -> bool:
+        """Load the disk entry sharing a longer prefix than memory has into memory (a restart,
+        or an entry evicted from memory). Returns whether one was loaded."""
+        found = self.disk.lookup(query, limit)
+        if found is None or found[1] <= in_memory:
+            return False
+        loaded = self.disk.load(found[0])
+        if loaded is None:
+            return False
+        tokens, cache = loaded
+        return self.insert(tokens, cache, persist=False)
+
     # storage ----------------------------------------------------------------------------
-    def insert(self, tokens: Sequence[int], cache: list[Any], *, snapshot: bool = False) -> None:
-        """Keep ``cache`` as holding exactly ``tokens``. ``snapshot=True`` stores a copy (for
-        a cache that the caller goes on mutating: the prompt-end checkpoint)."""
+    def insert(self, tokens: Sequence[int], cache: list[Any], *, snapshot: bool = False, persist: bool = True) -> bool:
+        """Keep ``cache`` as holding exactly ``tokens`` (and queue it for the disk store, unless
+        ``persist`` is false). ``snapshot=True`` stores a copy (for a cache that the caller goes
+        on mutating: the prompt-end checkpoint). Returns whether it was stored."""
         if not self.enabled or not tokens or not cache:
-            return
+            return False
         held = cache_length(cache)
         if held is not None and held != len(tokens):
-            return  # the cache does not hold what we think it does: never store a lie
+            return False  # the cache does not hold what we think it does: never store a lie
         nbytes = cache_nbytes(cache)
         if nbytes > self.max_bytes:
-            return
+            return False
         if snapshot:
             cache = copy.deepcopy(cache)
         _compute(cache)
@@ -268,6 +292,9 @@ class PromptCache:
             self._drop(next(iter(self._entries)))
         self.stats.entries = len(self._entries)
         self.stats.nbytes = self._nbytes
+        if persist and self.disk is not None:
+            self.disk.put(list(tokens), cache, trimmable=entry.trimmable)
+        return True
 
     def _drop(self, key: int) -> None:
         entry = self._entries.pop(key)
