@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from mlx_lm.models.cache import BatchKVCache, KVCache, QuantizedKVCache
 
+from long_context_support import attentive
 from lib_mlx.core.kv_quant import (
     BatchQuantizedKVCache,
     KVQuantization,
@@ -141,6 +142,7 @@ def test_quantized_batch_generation_answers_as_each_does_alone(make_model) -> No
     from mlx_lm.generate import BatchGenerator, generate_step
 
     model, _ = load(str(make_model("qwen3", hidden_size=128, num_layers=2, head_dim=64)))
+    attentive(model)
     q = KVQuantization(bits=4, group_size=32)
     check_model(model, q)
     prompts = [[5, 6, 7, 8, 9], [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21], [30, 31, 32]]

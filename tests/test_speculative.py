@@ -11,6 +11,8 @@ from mlx_lm.generate import generate_step
 from mlx_lm.models.cache import make_prompt_cache
 
 from lib_mlx.core.kv_quant import KVQuantization, make_cache
+
+from long_context_support import attentive
 from lib_mlx.core.speculative import (
     NgramDrafter,
     SpeculativeStats,
@@ -25,7 +27,7 @@ N = 40
 def models(make_model):
     target, _ = load(str(make_model("qwen3", hidden_size=128, num_layers=2, head_dim=64)))
     other, _ = load(str(make_model("qwen3", hidden_size=128, num_layers=2, head_dim=64, seed=5)))
-    return target, other
+    return attentive(target), attentive(other, seed=2)
 
 
 def plain(model, prompt, n=N, cache=None):

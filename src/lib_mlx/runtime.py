@@ -97,6 +97,8 @@ class LibMlxRuntime:
                 "server": server_body,
                 "in_flight": entry.core.engine.in_flight,
                 "memory": memory_info().to_dict(),
+                # KV-cache bytes: running requests and the prompt cache (memory, disk) apart.
+                "kv_cache": entry.core.kv_status(),
                 # Vision/audio towers: which are resident and the bytes they take (null for a
                 # text-only model).
                 "multimodal": loaded.vlm.status() if getattr(loaded, "vlm", None) is not None else None,

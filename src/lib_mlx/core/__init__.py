@@ -6,6 +6,7 @@ import asyncio
 
 from ..config import MlxModelConfig
 from .engine import Arrival, Engine, Generation, SamplingParams
+from .engine_options import EngineOptions, build_options
 from .loader import LoadedModel, load
 from .prompt import ChatPrompt, RenderedPrompt, render
 
@@ -13,13 +14,28 @@ from .prompt import ChatPrompt, RenderedPrompt, render
 class MlxCore:
     """One loaded model and the worker that generates with it."""
 
-    def __init__(self, loaded: LoadedModel, queue_limit: int = 1) -> None:
+    def __init__(self, loaded: LoadedModel, queue_limit: int = 1, options: EngineOptions | None = None) -> None:
         self.loaded = loaded
-        self.engine = Engine(loaded, queue_limit=queue_limit)
+        self.engine = Engine(loaded, queue_limit=queue_limit, options=options)
 
     @classmethod
     def load(cls, config: MlxModelConfig) -> "MlxCore":
-        return cls(load(config))
+        loaded = load(config)
+        return cls(loaded, options=build_options(config, loaded))
+
+    def kv_status(self) -> dict:
+        """KV-cache bytes in use: running requests' caches and the prompt cache's (in memory
+        and on disk), with what KV quantization and speculation do (plain values)."""
+        engine = self.engine
+        options = engine.options.status()
+        disk = options["disk_cache"]
+        return {
+            "live_bytes": engine.kv_live_bytes,
+            "prompt_cache_bytes": engine.prompt_cache.nbytes,
+            "prompt_cache_entries": len(engine.prompt_cache),
+            "disk_cache_bytes": disk["bytes"] if disk else 0,
+            **options,
+        }
 
     @property
     def model_id(self) -> str:

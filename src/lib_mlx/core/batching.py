@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from .decode import RequestStream
 from .events import Done, Failed, Usage
-from .prompt_cache import CacheHit, layouts_compile, round_batch_buffers, whole_step_prefix
+from .kv_quant import make_cache, quantize_layer
+from .prompt_cache import CacheHit, cache_length, layouts_compile, round_batch_buffers, whole_step_prefix
 
 if TYPE_CHECKING:
     from .engine import Engine, Job
@@ -76,6 +77,11 @@ class BatchRunner:
         # ``prompt_cache.reserve``), at the price of re-running part of a step of tokens.
         self.layouts_compile = layouts_compile()
         self.whole_steps = self.layouts_compile and engine._always_trimmable()
+        # KV quantization (``kv_quant``): the batch's layers share buffers, so the whole batch
+        # turns quantized once its longest row holds ``kv.start`` tokens (from the start when
+        # that is 0), and every cache that joins it afterwards is quantized on the way in.
+        self.kv = engine.options.kv
+        self.kv_on = self.kv is not None and self.kv.start == 0
 
     def run(self, first: "Job | Handoff") -> list["Job | None"]:
         """Serve ``first`` and everything batchable that arrives meanwhile. Returns the queued
@@ -105,6 +111,7 @@ class BatchRunner:
                     break
                 prompt_responses, responses = self.generator.next()
                 self._round_buffers()
+                self._watch_kv()
                 for r in prompt_responses:
                     if r.end_of_segment and not r.end_of_prompt:
                         self._checkpoint(r.uid)
@@ -121,7 +128,51 @@ class BatchRunner:
         finally:
             self.generator.close()
             self.generator = None
+            self.engine.kv_live_bytes = 0
         return self.leftovers
+
+    def _batches(self) -> list[Any]:
+        gen = self.generator
+        return [b for b in (getattr(gen, "_generation_batch", None), getattr(gen, "_prompt_batch", None)) if b is not None]
+
+    def _watch_kv(self) -> None:
+        """Quantize the batch when its longest row reaches ``kv.start``; keep the live KV
+        bytes for status (every 16 steps: a sum over the layers)."""
+        self.steps = getattr(self, "steps", 0) + 1
+        if self.kv is not None and not self.kv_on:
+            longest = max((cache_length(seq[3]) or 0 for seq in self.generator._unprocessed_sequences), default=0)
+            for batch in self._batches():
+                for layer in batch.prompt_cache or ():
+                    offset = getattr(layer, "offset", None)
+                    if offset is not None and not isinstance(offset, int) and offset.size:
+                        longest = max(longest, int(offset.max().item()))
+                    break
+            if longest >= self.kv.start:
+                self._quantize_all()
+        if self.steps % 16 == 1:
+            self.engine.kv_live_bytes = self.generator.prompt_cache_nbytes
+
+    def _quantize_all(self) -> None:
+        self.kv_on = True
+        for batch in self._batches():
+            if batch.prompt_cache:
+                batch.prompt_cache[:] = [quantize_layer(layer, self.kv) for layer in batch.prompt_cache]
+        for seq in self.generator._unprocessed_sequences:
+            seq[3][:] = [quantize_layer(layer, self.kv) for layer in seq[3]]
+        log.debug("the batch's KV caches are quantized from here on")
+
+    def _joining(self, cache: list[Any]) -> list[Any]:
+        """A cache about to join the batch, in the batch's KV form (see ``kv_on``); one that
+        comes quantized or past ``kv.start`` turns the batch quantized."""
+        if self.kv is None:
+            return cache
+        if not self.kv_on:
+            quantized = any(hasattr(layer, "bits") for layer in cache)
+            if quantized or (cache_length(cache) or 0) >= self.kv.start:
+                self._quantize_all()
+        if self.kv_on:
+            cache[:] = [quantize_layer(layer, self.kv) for layer in cache]
+        return cache
 
     def _round_buffers(self) -> None:
         gen = self.generator
@@ -171,7 +222,7 @@ class BatchRunner:
             (uid,) = self.generator.insert_segments(
                 [segments],
                 max_tokens=[max_new_tokens(loaded, len(tokens), params.max_tokens)],
-                caches=[hit.cache if hit is not None else None],
+                caches=[self._joining(hit.cache if hit is not None else make_cache(loaded.model, self.kv if self.kv_on else None))],
                 all_tokens=[tokens[:reused]],
                 samplers=[self.engine.sampler(params)],
                 logits_processors=[tuple(params.logits_processors)],
@@ -196,7 +247,7 @@ class BatchRunner:
             (uid,) = self.generator.insert_segments(
                 [[refeed + [handoff.last]]],
                 max_tokens=[handoff.remaining],
-                caches=[handoff.cache],
+                caches=[self._joining(handoff.cache)],
                 all_tokens=[held],
                 samplers=[handoff.sampler],
                 logits_processors=[tuple(job.params.logits_processors)],

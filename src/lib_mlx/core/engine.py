@@ -36,7 +36,9 @@ from typing import Any
 from ..errors import CancelledError, GenerationError, LibMlxError, OutOfMemoryError, QueueFullError
 from .batching import BatchRunner, Handoff
 from .decode import RequestStream, SeededSampler, make_request_sampler, with_prefix
+from .engine_options import EngineOptions
 from .events import Done, Event, Failed, Usage
+from .kv_quant import make_cache, maybe_quantize
 from .loader import LoadedModel
 from .prompt import RenderedPrompt
 from .prompt_cache import (
@@ -44,6 +46,7 @@ from .prompt_cache import (
     DEFAULT_MAX_ENTRIES,
     PromptCache,
     cache_length,
+    cache_nbytes,
     generation_prompt_tails,
     history_end,
     needs_checkpoints,
@@ -202,12 +205,17 @@ class Engine:
         *,
         prompt_cache_bytes: int | None = None,
         prompt_cache_entries: int = DEFAULT_MAX_ENTRIES,
+        options: EngineOptions | None = None,
     ) -> None:
         self.loaded = loaded
         self.queue_limit = queue_limit
+        # KV quantization, the disk prompt cache, speculation (``engine_options``).
+        self.options = options if options is not None else EngineOptions()
         if prompt_cache_bytes is None:
             prompt_cache_bytes = _env_int("LIB_MLX_PROMPT_CACHE_BYTES", DEFAULT_MAX_BYTES)
-        self.prompt_cache = PromptCache(prompt_cache_bytes, prompt_cache_entries)
+        self.prompt_cache = PromptCache(prompt_cache_bytes, prompt_cache_entries, disk=self.options.disk)
+        # Bytes of the KV caches of running requests (set by the worker; read by status).
+        self.kv_live_bytes = 0
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
         self._arrivals_changed = threading.Condition(self._lock)
@@ -284,6 +292,7 @@ class Engine:
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
             _wait_for_os_thread(self._thread.native_id)
+        self.options.close()
 
     # worker ----------------------------------------------------------------------------
     def _run(self) -> None:
@@ -391,17 +400,18 @@ class Engine:
         batch (None when it ran to its end here)."""
         import mlx.core as mx
         from mlx_lm.generate import generate_step
-        from mlx_lm.models.cache import make_prompt_cache
 
         loaded, params = self.loaded, job.params
+        kv = self.options.kv
         inputs = prompt_inputs(loaded, job.prompt)
         tokens = inputs.tokens
         n_prompt = len(tokens)
         store = self.prompt_cache if (inputs.cacheable and self.prompt_cache.enabled) else None
         hit = store.fetch(tokens) if store is not None else None
-        cache = hit.cache if hit is not None else make_prompt_cache(loaded.model)
+        cache = hit.cache if hit is not None else make_cache(loaded.model, kv)
         reused = hit.reused if hit is not None else 0
         if hit is not None:
+            maybe_quantize(cache, kv)
             reserve(cache, n_prompt - reused)
         stream = RequestStream(job, loaded, n_prompt=n_prompt, cached_tokens=reused, release=self.finish_job)
 
@@ -413,7 +423,10 @@ class Engine:
 
         max_tokens = max_new_tokens(loaded, n_prompt, params.max_tokens)
         sampler = self.sampler(params)
-        if start > reused:  # a checkpoint took the history: the tail needs one pass, not two
+        speculation = self.options.speculation if not inputs.step_kwargs else None
+        if speculation is not None:
+            steps = _speculative_steps(speculation, loaded.model, tokens, start, cache, sampler, params, max_tokens, kv)
+        elif start > reused:  # a checkpoint took the history: the tail needs one pass, not two
             steps = _steps_after_checkpoint(loaded.model, tokens, start, cache, sampler, params.logits_processors, max_tokens)
         else:
             steps = generate_step(
@@ -428,6 +441,9 @@ class Engine:
         fed: list[int] = []  # every token the model has taken in after the prompt
         reason = "length"
         alone = self._jobs.empty if may_hand_off and not inputs.step_kwargs else None
+        # KV quantization from ``kv.start`` tokens on: converted between steps (mlx-lm's rule,
+        # checked here so that layers without a quantized form are left alone).
+        quantize_at = kv.start if kv is not None and kv.start > 0 else None
         try:
             add = stream.add
             for token, _ in steps:
@@ -436,21 +452,29 @@ class Engine:
                 if finished is not None:
                     reason = finished
                     break
+                if quantize_at is not None and n_prompt + len(fed) >= quantize_at:
+                    maybe_quantize(cache, kv)
+                    quantize_at = None
+                if len(fed) % 64 == 1:
+                    self.kv_live_bytes = cache_nbytes(cache)
                 if alone is not None and not alone() and len(fed) < max_tokens:
-                    if cache_length(cache) == len(tokens) + len(fed):
+                    held = cache_length(cache)
+                    if held is not None and held >= len(tokens) + len(fed) - 1:
                         reason = "handoff"
                         break
         finally:
             steps.close()
+            self.kv_live_bytes = 0
         if reason == "handoff":
-            # generate_step's look-ahead step already fed the last token and sampled the next:
-            # take that token back out of the cache (and its draw out of a seeded sampler); the
-            # batch feeds it again.
+            # generate_step's look-ahead step already fed the last token and sampled the next
+            # (a speculative step may hold accepted draft tokens past it): cut the cache back to
+            # everything but the last token (and that draw out of a seeded sampler); the batch
+            # feeds it again.
             from mlx_lm.models.cache import trim_prompt_cache
 
-            trim_prompt_cache(cache, 1)
+            trim_prompt_cache(cache, cache_length(cache) - (len(tokens) + len(fed) - 1))
             log.debug("generation %d moves into a batch after %d tokens", job.generation.id, len(fed))
-            if isinstance(sampler, SeededSampler):
+            if isinstance(sampler, SeededSampler) and speculation is None:
                 sampler.rewind()
             return Handoff(job, stream, cache, tokens + fed[:-1], fed[-1], max_tokens - len(fed), sampler)
         stream.finish(reason)
@@ -557,6 +581,44 @@ def _steps_after_checkpoint(
             logits_processors=with_prefix(processors, tokens),
             prompt_cache=cache,
         )
+
+
+def _speculative_steps(
+    speculation: Any,
+    model: Any,
+    tokens: list[int],
+    start: int,
+    cache: list[Any],
+    sampler: Callable[..., Any],
+    params: SamplingParams,
+    max_tokens: int,
+    kv: Any,
+) -> Iterator[tuple[int, Any]]:
+    """``generate_step``'s (token, logprobs) through speculative decoding (``speculative``),
+    the cache holding ``tokens[:start]``; adds the request's drafted/accepted counts to the
+    model's."""
+    from .speculative import SpeculativeStats, draft_model_generate_step, prompt_lookup_generate_step
+
+    stats = SpeculativeStats()
+    common = dict(
+        history=tokens[:start],
+        max_tokens=max_tokens,
+        sampler=sampler,
+        logits_processors=params.logits_processors,
+        num_draft_tokens=speculation.num_draft_tokens,
+        kv=kv,
+        stats=stats,
+    )
+    if speculation.mode == "draft":
+        steps = draft_model_generate_step(tokens[start:], model, speculation.draft_model, cache, **common)
+    else:
+        steps = prompt_lookup_generate_step(tokens[start:], model, cache, ngram=speculation.ngram, **common)
+    try:
+        for token, logprobs, _ in steps:
+            yield token, logprobs
+    finally:
+        steps.close()
+        speculation.stats.add(stats)
 
 
 def _materialize(model: Any) -> None:
