@@ -40,8 +40,9 @@ class RequestStream:
         self.release = release
         self.parser = make_parser(
             loaded.parser_spec,
-            tools=prompt.tools,
+            tools=prompt.tools or [],  # a call to a function not offered is text
             starts_in_reasoning=prompt.starts_in_reasoning,
+            prefill=prompt.assistant_prefix,  # injected: never given back as text
             parse_tools=prompt.parse_tools,
         )
         self.max_tool_calls = prompt.max_tool_calls
@@ -52,7 +53,6 @@ class RequestStream:
         self.reasoning_tokens = 0
         self.tool_calls = 0
         self.finish_reason: str | None = None
-        self.pending: list[Event] = self.parser.feed(prompt.assistant_prefix) if prompt.assistant_prefix else []
         self.t_start = time.perf_counter()
         self.t_first = self.t_start
 
@@ -72,9 +72,6 @@ class RequestStream:
         parser = self.parser
         events = parser.feed(detokenizer.last_segment)
         events, stopped = self.stops.apply(events)
-        if self.pending:
-            events = self.pending + events
-            self.pending = []
         if events:
             for event in events:
                 if type(event) is ToolCallEnd:
@@ -87,7 +84,7 @@ class RequestStream:
     def finish(self, reason: str) -> None:
         """Flush held-back text and deliver ``Done``. The request's queue slot is released
         first, so that a client may send its next request the moment it sees the end."""
-        pending = self.pending
+        pending: list[Event] = []
         if reason != "cancelled":
             self.detokenizer.finalize()
             segment = self.detokenizer.last_segment
@@ -95,7 +92,7 @@ class RequestStream:
             tail += self.parser.finish()
             tail, _ = self.stops.apply(tail, final=True)
             self.tool_calls += sum(isinstance(e, ToolCallEnd) for e in tail)
-            pending = pending + tail
+            pending += tail
             if self.tool_calls and reason == "stop":
                 reason = "tool_calls"
         self.finish_reason = reason
@@ -120,7 +117,7 @@ class RequestStream:
             reasoning_tokens=self.reasoning_tokens,
             cached_tokens=self.cached_tokens,
         )
-        pending.append(Done(reason, usage, timings))
+        pending.append(Done(reason, usage, timings, self.stops.matched))
         if self.release is not None:
             self.release(self.job)
         self.generation._deliver(pending)

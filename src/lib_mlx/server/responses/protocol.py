@@ -6,16 +6,12 @@ Input items keep the Responses shapes (``message``, ``function_call``, ``functio
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Any, Literal
 
-import pydantic
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-from ...errors import InvalidRequestError
-from ..errors import param_of
-
-log = logging.getLogger("lib_mlx.server")
+from .. import rules
+from ..wire import WireModel
 
 _LENIENT = ConfigDict(extra="allow", strict=True)
 
@@ -23,7 +19,7 @@ _LENIENT = ConfigDict(extra="allow", strict=True)
 # --- content parts -------------------------------------------------------------------------
 
 
-class ContentPart(BaseModel):
+class ContentPart(WireModel):
     """One part of a message's content: text (``input_text``/``output_text``), a refusal, or
     media handed to the media layer (``input_image``, ``input_audio``)."""
 
@@ -49,7 +45,7 @@ class ContentPart(BaseModel):
 # --- input items ---------------------------------------------------------------------------
 
 
-class MessageItem(BaseModel):
+class MessageItem(WireModel):
     model_config = _LENIENT
     type: Literal["message"] = "message"
     role: Literal["user", "assistant", "system", "developer"]
@@ -58,7 +54,7 @@ class MessageItem(BaseModel):
     status: str | None = None
 
 
-class FunctionCallItem(BaseModel):
+class FunctionCallItem(WireModel):
     model_config = _LENIENT
     type: Literal["function_call"]
     call_id: str = Field(min_length=1)
@@ -68,7 +64,7 @@ class FunctionCallItem(BaseModel):
     status: str | None = None
 
 
-class FunctionCallOutputItem(BaseModel):
+class FunctionCallOutputItem(WireModel):
     model_config = _LENIENT
     type: Literal["function_call_output"]
     call_id: str = Field(min_length=1)
@@ -77,13 +73,13 @@ class FunctionCallOutputItem(BaseModel):
     status: str | None = None
 
 
-class ReasoningText(BaseModel):
+class ReasoningText(WireModel):
     model_config = _LENIENT
     type: Literal["reasoning_text", "summary_text"]
     text: str
 
 
-class ReasoningItem(BaseModel):
+class ReasoningItem(WireModel):
     model_config = _LENIENT
     type: Literal["reasoning"]
     id: str | None = None
@@ -93,12 +89,20 @@ class ReasoningItem(BaseModel):
     status: str | None = None
 
 
-_ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
+class ItemReference(WireModel):
+    """An earlier output item named by its id; the store resolves it (``store.resolve``)."""
+
+    model_config = _LENIENT
+    type: Literal["item_reference"]
+    id: str = Field(min_length=1)
+
+
+_ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning", "item_reference")
 
 
 def _item_type(value: Any) -> str | None:
     """The tag of an input item; a bare ``{"role", "content"}`` is a message."""
-    kind = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", None)
+    kind = (value.get("type") or "message") if isinstance(value, dict) else getattr(value, "type", None)
     return kind if kind in _ITEM_TYPES else None
 
 
@@ -106,7 +110,8 @@ InputItem = Annotated[
     Annotated[MessageItem, Tag("message")]
     | Annotated[FunctionCallItem, Tag("function_call")]
     | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
-    | Annotated[ReasoningItem, Tag("reasoning")],
+    | Annotated[ReasoningItem, Tag("reasoning")]
+    | Annotated[ItemReference, Tag("item_reference")],
     Discriminator(
         _item_type,
         custom_error_type="invalid_item_type",
@@ -118,7 +123,7 @@ InputItem = Annotated[
 # --- tools ---------------------------------------------------------------------------------
 
 
-class FunctionTool(BaseModel):
+class FunctionTool(WireModel):
     """A function tool in the flat Responses shape."""
 
     model_config = _LENIENT
@@ -129,13 +134,13 @@ class FunctionTool(BaseModel):
     strict: bool | None = None
 
 
-class NamedFunctionChoice(BaseModel):
+class NamedFunctionChoice(WireModel):
     model_config = _LENIENT
     type: Literal["function"]
     name: str
 
 
-class ReasoningParam(BaseModel):
+class ReasoningParam(WireModel):
     model_config = _LENIENT
     effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
     summary: Literal["auto", "concise", "detailed"] | None = None
@@ -144,7 +149,7 @@ class ReasoningParam(BaseModel):
 # --- the request ---------------------------------------------------------------------------
 
 
-class ResponsesRequest(BaseModel):
+class ResponsesRequest(WireModel):
     model_config = _LENIENT
 
     model: str | None = None
@@ -189,23 +194,10 @@ class ResponsesRequest(BaseModel):
                     raise ValueError("metadata keys are at most 64 characters and values at most 512")
         return value
 
-    @field_validator("background")
-    @classmethod
-    def _no_background(cls, value: bool | None) -> bool | None:
-        if value:
-            raise ValueError("background responses are not supported")
-        return value
-
     @model_validator(mode="after")
     def _tool_choice_needs_tools(self) -> "ResponsesRequest":
-        if isinstance(self.tool_choice, NamedFunctionChoice) or self.tool_choice == "required":
-            names = {t.name for t in self.tools or []}
-            if not names:
-                raise ValueError("tool_choice requires tools")
-            if isinstance(self.tool_choice, NamedFunctionChoice) and self.tool_choice.name not in names:
-                raise ValueError(f"tool_choice names unknown function {self.tool_choice.name!r}")
-        if self.model_extra:
-            log.debug("ignoring unsupported responses fields: %s", sorted(self.model_extra))
+        named = self.tool_choice.name if isinstance(self.tool_choice, NamedFunctionChoice) else None
+        rules.check_tool_choice((t.name for t in self.tools or []), forced=self.tool_choice == "required", name=named)
         return self
 
     # derived values ---------------------------------------------------------------------
@@ -216,17 +208,8 @@ class ResponsesRequest(BaseModel):
         return [item.model_dump(exclude_none=True) for item in self.input]
 
     def thinking_flag(self) -> bool | None:
-        """``thinking``, then ``chat_template_kwargs``, then ``reasoning.effort`` ("none" turns
-        it off, any other effort on); ``None`` leaves the model's default."""
-        if self.thinking is not None:
-            return self.thinking
-        kwargs = self.chat_template_kwargs or {}
-        for key in ("enable_thinking", "thinking"):
-            if isinstance(kwargs.get(key), bool):
-                return kwargs[key]
-        if self.reasoning is not None and self.reasoning.effort is not None:
-            return self.reasoning.effort != "none"
-        return None
+        effort = self.reasoning.effort if self.reasoning is not None else None
+        return rules.thinking_flag(self.thinking, self.chat_template_kwargs, effort)
 
     def tool_choice_wire(self) -> str | dict[str, Any]:
         """``tool_choice`` as the Responses body echoes it."""
@@ -235,31 +218,7 @@ class ResponsesRequest(BaseModel):
         return self.tool_choice or "auto"
 
 
-def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Drop pydantic's union branch names (``str``, ``list[...]``, ``NamedFunctionChoice``, an
-    item's tag after its index) from an error location, keeping the request's own names."""
-    out: list[Any] = []
-    for i, part in enumerate(loc):
-        if isinstance(part, str):
-            after_index = i > 0 and isinstance(loc[i - 1], int)
-            if part in ("str", "int", "float", "bool") or "[" in part or part.startswith("function-") or part[:1].isupper():
-                continue
-            if after_index and part in _ITEM_TYPES:
-                continue
-        out.append(part)
-    return tuple(out)
-
-
 def parse_request(data: dict[str, Any]) -> ResponsesRequest:
     """Validate a request body; the most specific problem becomes a 400 naming its ``param``
     (``input[0].content``)."""
-    try:
-        return ResponsesRequest.model_validate(data)
-    except pydantic.ValidationError as exc:
-        errors = [
-            (_clean_loc(tuple(e.get("loc", ()))), str(e.get("msg") or "invalid request").removeprefix("Value error, "))
-            for e in exc.errors(include_url=False)
-        ]
-        loc, message = max(errors, key=lambda e: len(e[0]))  # the deepest; the first among equals
-        param = param_of(loc) or None
-        raise InvalidRequestError(f"{param}: {message}" if param else message, param=param) from None
+    return rules.parse(ResponsesRequest, data, api="responses", tags=_ITEM_TYPES)
