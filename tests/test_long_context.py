@@ -180,6 +180,11 @@ def test_the_disk_cache_survives_a_restart_and_refuses_other_kv_bits(loaded, tmp
 def test_status_reports_kv_bytes(runtime, model_dir, tmp_path) -> None:
     handle = runtime.load_model(MlxModelConfig(str(model_dir), prompt_cache_dir=str(tmp_path / "kv"), **KV4))
     core = runtime._entry(handle).core
+    running = submit(core.engine, core.loaded, QUESTIONS[0], max_tokens=2000)
+    next(iter(running))  # decoding
+    assert runtime.server_status(handle)["kv_cache"]["live_bytes"] > 0
+    running.cancel()
+    collect(running)
     collect(submit(core.engine, core.loaded, QUESTIONS[0]))
     wait_for(lambda: len(core.engine.prompt_cache) > 0)
     core.engine.options.disk.flush()
