@@ -55,9 +55,7 @@ def open_core(model_dir: Path, queue_limit: int = 1, **fields: Any) -> Any:
     from lib_mlx.config import MlxModelConfig
     from lib_mlx.core import MlxCore
 
-    core = MlxCore.load(MlxModelConfig(model_path=str(model_dir), **fields))
-    core.engine.queue_limit = queue_limit
-    return core
+    return MlxCore.load(MlxModelConfig(model_path=str(model_dir), **fields), queue_limit)
 
 
 def run(core: Any, messages: list[dict[str, Any]], max_tokens: int, *, ignore_eos: bool = True) -> dict[str, Any]:
@@ -142,7 +140,7 @@ def bench_kv(model_dir: Path, plan: dict[str, int]) -> dict[str, Any]:
             del cache
             tps, peaks = [], []
             for r in range(plan["runs"]):
-                core.engine.prompt_cache.clear()
+                core.clear_prompt_cache()
                 with Peak() as peak:
                     res = run(core, [{"role": "user", "content": f"[{r}] {text_ctx}"}], plan["decode_tokens"])
                 tps.append(res["decode_tps"])
@@ -204,7 +202,7 @@ def bench_restart(model_dir: Path, plan: dict[str, int]) -> dict[str, Any]:
             text = measure.make_text(core.loaded.tokenizer, plan["history"], f"restart-{r}")
             turn1 = [{"role": "user", "content": text}]
             answer = run(core, turn1, 16)["text"]
-            disk = core.engine.options.disk
+            disk = core.options.disk
         finally:
             core.close()  # waits for the writer
         per_key = dict(disk.stats.writes_by_key)
@@ -274,7 +272,7 @@ def bench_speculative(root: Path, plan: dict[str, int], free_model: Path | None 
         try:
             tps, peaks = [], []
             for r in range(plan["runs"]):
-                core.engine.prompt_cache.clear()
+                core.clear_prompt_cache()
                 with Peak() as peak:
                     res = run(core, messages, plan["spec_tokens"] + 8, ignore_eos=False)
                 tps.append(res["decode_tps"])
@@ -282,7 +280,7 @@ def bench_speculative(root: Path, plan: dict[str, int], free_model: Path | None 
                 want = want if want is not None else res["text"]
                 if res["text"] != want:
                     raise AssertionError(f"{label}: output differs from plain greedy")
-            spec = core.engine.options.speculation
+            spec = core.options.speculation
             stats = spec.stats if spec is not None else None
             out[label] = {
                 "decode_tps": median(tps),
@@ -315,13 +313,13 @@ def bench_free_text(model_dir: Path, plan: dict[str, int]) -> dict[str, Any]:
             text = measure.make_text(core.loaded.tokenizer, 200, "free-text")
             tps = []
             for r in range(plan["runs"]):
-                core.engine.prompt_cache.clear()
+                core.clear_prompt_cache()
                 res = run(core, [{"role": "user", "content": text}], plan["spec_tokens"])
                 tps.append(res["decode_tps"])
                 want = want if want is not None else res["text"]
                 if res["text"] != want:
                     raise AssertionError(f"{label}: output differs from plain greedy")
-            spec = core.engine.options.speculation
+            spec = core.options.speculation
             stats = spec.stats if spec is not None else None
             out[label] = {"decode_tps": median(tps), "runs": tps, "peak_mib": 0.0, "identical": True,
                           "acceptance": stats.acceptance if stats else None,

@@ -1,4 +1,5 @@
-"""Helpers shared by the hardening, fuzz and soak tests.
+"""Helpers shared by the tests that serve a model (``Served``, also what ``conftest.serve``
+yields), and by the hardening, fuzz and soak tests.
 
 ``ModelProbe`` stands in for a loaded model's forward pass while the real generation path runs
 around it: every call goes to the real (tiny, random) model, then the probe may sleep (a slow
@@ -123,7 +124,7 @@ def remove_probe(runtime: LibMlxRuntime, handle: int) -> None:
 
 
 def in_flight(runtime: LibMlxRuntime, handle: int) -> int:
-    return core_of(runtime, handle).engine.in_flight
+    return core_of(runtime, handle).in_flight
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> bool:
@@ -203,7 +204,15 @@ class Served:
     def in_flight(self) -> int:
         return in_flight(self.runtime, self.handle)
 
+    @property
+    def core(self) -> Any:
+        return core_of(self.runtime, self.handle)
+
+    def status(self) -> dict[str, Any]:
+        return self.runtime.server_status(self.handle)
+
     def client(self, **kwargs: Any) -> Any:
+        """The real ``openai`` client with strict response validation."""
         import openai
 
         kwargs.setdefault("_strict_response_validation", True)

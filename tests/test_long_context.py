@@ -49,7 +49,7 @@ def engine_for(loaded: LoadedModel, queue_limit: int = 1, prompt_cache_bytes: in
     return Engine(loaded, queue_limit=queue_limit, prompt_cache_bytes=prompt_cache_bytes, options=build_options(config, loaded))
 
 
-def submit(engine: Engine, loaded: LoadedModel, messages: str | list[dict[str, Any]], **params: Any) -> Generation:
+def submit(engine: Any, loaded: LoadedModel, messages: str | list[dict[str, Any]], **params: Any) -> Generation:
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
     sampling = SamplingParams(**{"temperature": 0.0, "ignore_eos": True, "max_tokens": 16, **params})
@@ -180,14 +180,14 @@ def test_the_disk_cache_survives_a_restart_and_refuses_other_kv_bits(loaded, tmp
 def test_status_reports_kv_bytes(runtime, model_dir, tmp_path) -> None:
     handle = runtime.load_model(MlxModelConfig(str(model_dir), prompt_cache_dir=str(tmp_path / "kv"), **KV4))
     core = runtime._entry(handle).core
-    running = submit(core.engine, core.loaded, QUESTIONS[0], max_tokens=2000)
+    running = submit(core, core.loaded, QUESTIONS[0], max_tokens=2000)
     next(iter(running))  # decoding
     assert runtime.server_status(handle)["kv_cache"]["live_bytes"] > 0
     running.cancel()
     collect(running)
-    collect(submit(core.engine, core.loaded, QUESTIONS[0]))
-    wait_for(lambda: len(core.engine.prompt_cache) > 0)
-    core.engine.options.disk.flush()
+    collect(submit(core, core.loaded, QUESTIONS[0]))
+    wait_for(lambda: core.kv_status()["prompt_cache_entries"] > 0)
+    core.options.disk.flush()
     status = runtime.server_status(handle)["kv_cache"]
     assert status["live_bytes"] == 0  # nothing running
     assert status["prompt_cache_bytes"] > 0 and status["prompt_cache_entries"] >= 1

@@ -11,8 +11,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .config import MlxModelConfig, MlxServerConfig, ServerInfo
-from .errors import ServerNotRunningError, UnknownHandleError
+from .config import MlxModelConfig, MlxServerConfig, ServerInfo, with_env_overrides
+from .errors import InvalidConfigError, LibMlxError, ServerNotRunningError, UnknownHandleError
 
 if TYPE_CHECKING:
     import openai
@@ -41,10 +41,11 @@ class LibMlxRuntime:
 
     # lifecycle ----------------------------------------------------------------------------
     def load_model(self, config: MlxModelConfig) -> int:
-        """Load a model (blocking) and return its handle (ints from 1)."""
+        """Load a model (blocking) and return its handle (ints from 1). The environment's
+        overrides apply here (``config.with_env_overrides``)."""
         from .core import MlxCore
 
-        core = MlxCore.load(config)
+        core = MlxCore.load(with_env_overrides(config))
         with self._lock:
             handle = next(self._ids)
             self._entries[handle] = _Entry(handle, config, core)
@@ -59,8 +60,10 @@ class LibMlxRuntime:
             self._check_alive(entry)
             if entry.server is not None and entry.server.running:
                 return entry.server.info
+            if entry.core.rank:
+                raise InvalidConfigError(f"rank {entry.core.rank} of a distributed model follows rank 0; only rank 0 serves")
             settings = config or MlxServerConfig()
-            entry.core.engine.queue_limit = settings.queue_limit
+            entry.core.queue_limit = settings.queue_limit
             entry.server = ServerHandle(entry.core, settings)
             return entry.server.info
 
@@ -83,25 +86,17 @@ class LibMlxRuntime:
             server_body: dict[str, Any] = {"status": "running" if running else "stopped"}
             if running and server is not None:
                 server_body.update(server.info.to_dict())
-            loaded = entry.core.loaded
+            core = entry.core
+            model = core.status()
             return {
                 "handle": handle,
-                "model": {
-                    "status": "ready",
-                    "model_id": loaded.model_id,
-                    "model_path": str(loaded.model_path),
-                    "model_type": loaded.model_type,
-                    "context_length": loaded.context_length,
-                    "thinking_enabled": loaded.thinking_enabled,
-                },
+                "model": model["model"],
                 "server": server_body,
-                "in_flight": entry.core.engine.in_flight,
+                "in_flight": core.in_flight,
                 "memory": memory_info().to_dict(),
-                # KV-cache bytes: running requests and the prompt cache (memory, disk) apart.
-                "kv_cache": entry.core.kv_status(),
-                # Vision/audio towers: which are resident and the bytes they take (null for a
-                # text-only model).
-                "multimodal": loaded.vlm.status() if getattr(loaded, "vlm", None) is not None else None,
+                "kv_cache": model.get("kv_cache"),
+                "multimodal": model["multimodal"],
+                "stats": core.stats().to_dict(),
             }
 
     def unload_model(self, handle: int) -> None:
@@ -131,6 +126,23 @@ class LibMlxRuntime:
                 self.unload_model(handle)
             except UnknownHandleError:
                 pass
+
+    # a model sharded over several processes (``lib-mlx serve --distributed``) -------------
+    def distributed_rank(self, handle: int) -> int:
+        """This process's rank for a sharded model (0 serves; 0 also when not sharded)."""
+        entry = self._entry(handle)
+        with entry.lock:
+            self._check_alive(entry)
+            return entry.core.rank
+
+    def follow(self, handle: int) -> LibMlxError | None:
+        """On a rank other than 0: run rank 0's requests until it stops (blocking); the error
+        that ended the group, if one did."""
+        entry = self._entry(handle)
+        with entry.lock:
+            self._check_alive(entry)
+            core = entry.core
+        return core.follow()
 
     # conveniences -------------------------------------------------------------------------
     def server_info(self, handle: int) -> ServerInfo:

@@ -68,6 +68,10 @@ def build_options(config: "MlxModelConfig", loaded: "LoadedModel") -> EngineOpti
     """Check the config's memory and speed fields against the loaded model and build them;
     a field this model cannot honour is refused by name (``InvalidConfigError``)."""
     options = EngineOptions()
+    if getattr(config, "distributed", None):
+        for name in ("prompt_cache_dir", "draft_model_path", "prompt_lookup"):
+            if getattr(config, name, None):
+                raise InvalidConfigError(f"{name} is not supported with distributed serving", param=name)
     kv_bits = getattr(config, "kv_bits", None)
     if kv_bits is not None:
         try:

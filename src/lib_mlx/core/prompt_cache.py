@@ -30,7 +30,9 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_MAX_BYTES = 1 << 30
+from ..config import DEFAULT_PROMPT_CACHE_BYTES
+
+DEFAULT_MAX_BYTES = DEFAULT_PROMPT_CACHE_BYTES
 DEFAULT_MAX_ENTRIES = 16
 
 
@@ -136,7 +138,7 @@ def needs_checkpoints(cache: list[Any]) -> bool:
     can always be trimmed; sliding-window and recurrent caches cannot once they wrap."""
     from mlx_lm.models.cache import KVCache, QuantizedKVCache
 
-    return not all(type(layer) in (KVCache, QuantizedKVCache) for layer in cache)
+    return not all(type(layer) is KVCache or isinstance(layer, QuantizedKVCache) for layer in cache)
 
 
 def _compute(cache: list[Any]) -> None:

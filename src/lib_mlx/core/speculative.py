@@ -180,7 +180,7 @@ def draft_model_generate_step(
     from mlx_lm.generate import generation_stream, speculative_generate_step
     from mlx_lm.models.cache import make_prompt_cache
 
-    from .decode import with_prefix
+    from .sampling import with_prefix
 
     from .kv_quant import quantize_layer
 

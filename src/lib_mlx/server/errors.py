@@ -10,7 +10,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..errors import InvalidRequestError, LibMlxError, NotFoundError, from_exception
+from ..core.failures import classify
+from ..errors import InvalidRequestError, LibMlxError, NotFoundError
 from .request_id import id_headers
 
 log = logging.getLogger("lib_mlx.server")
@@ -108,7 +109,7 @@ async def handle_http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s", request.url.path)
-    response = error_response(from_exception(exc), request.url.path)
+    response = error_response(classify(exc), request.url.path)
     # Starlette answers these from outside every middleware: name the request here too.
     request_id = getattr(request.state, "request_id", None)
     if request_id:

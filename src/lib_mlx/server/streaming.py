@@ -23,7 +23,8 @@ from starlette.responses import StreamingResponse
 
 from ..core import Generation
 from ..core.events import Done, Event, Failed
-from ..errors import CancelledError, LibMlxError, from_exception
+from ..core.failures import classify
+from ..errors import CancelledError, LibMlxError
 from .accumulate import Accumulated
 from .context import ServerContext
 from .sse import SSE_HEADERS
@@ -66,7 +67,7 @@ def failure_of(event: Event) -> LibMlxError | None:
     """The error an event ends the request with: a failure, or a cancellation that a client
     still listening sees (the server is stopping or the model unloading)."""
     if isinstance(event, Failed):
-        return from_exception(event.error)
+        return classify(event.error)
     if isinstance(event, Done) and event.finish_reason == "cancelled":
         return CancelledError(STOPPED)
     return None
@@ -116,7 +117,7 @@ async def stream(ctx: ServerContext, generation: Generation, wire: StreamWire) -
             log.exception("stream failed")
             ctx.release(generation)
             try:
-                for frame in wire.failure(from_exception(exc)):
+                for frame in wire.failure(classify(exc)):
                     yield frame
             except Exception:  # noqa: BLE001 - the encoder cannot even say so: end the stream
                 log.exception("stream error event failed")
