@@ -12,9 +12,8 @@ generation and events; no HTTP):
   lookup vs a small draft model scripted the same way (agrees: the upper bound) vs a small
   random draft (disagrees: the lower bound); decode tokens/s, acceptance, identical output.
 
-Every figure comes with the peak MLX memory while it was measured. Results print as a table,
-go to ``bench/results-memory-<device>.json`` and replace the issue-21 section of
-``bench/RESULTS.md``.
+Every figure comes with the peak MLX memory while it was measured. Results print as a table
+and replace the issue-21 section of ``bench/RESULTS.md`` (``--json FILE``: the raw figures).
 """
 
 from __future__ import annotations
@@ -311,17 +310,19 @@ def bench_free_text(model_dir: Path, plan: dict[str, int]) -> dict[str, Any]:
         core = open_core(model_dir, **fields)
         try:
             text = measure.make_text(core.loaded.tokenizer, 200, "free-text")
-            tps = []
+            tps, peaks = [], []
             for r in range(plan["runs"]):
                 core.clear_prompt_cache()
-                res = run(core, [{"role": "user", "content": text}], plan["spec_tokens"])
+                with Peak() as peak:
+                    res = run(core, [{"role": "user", "content": text}], plan["spec_tokens"])
                 tps.append(res["decode_tps"])
+                peaks.append(peak.mib)
                 want = want if want is not None else res["text"]
                 if res["text"] != want:
                     raise AssertionError(f"{label}: output differs from plain greedy")
             spec = core.options.speculation
             stats = spec.stats if spec is not None else None
-            out[label] = {"decode_tps": median(tps), "runs": tps, "peak_mib": 0.0, "identical": True,
+            out[label] = {"decode_tps": median(tps), "runs": tps, "peak_mib": max(peaks), "identical": True,
                           "acceptance": stats.acceptance if stats else None,
                           "drafted": stats.drafted if stats else 0, "accepted": stats.accepted if stats else 0}  # fmt: skip
         finally:
@@ -399,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=("cpu", "phone"), default="cpu")
     parser.add_argument("--only", choices=("kv", "restart", "speculative"), action="append")
     parser.add_argument("--models-dir", type=Path, default=Path(tempfile.gettempdir()) / "lib_mlx-bench-models")
-    parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--no-write", action="store_true", help="print only (RESULTS.md untouched)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw figures as JSON")
     parser.add_argument(
         "--kv-weights",
         choices=("bf16", "4bit"),
@@ -437,9 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     if "speculative" in only:
         results["speculative"] = bench_speculative(args.models_dir, plan, model_dir)
         print(json.dumps(results["speculative"], indent=1))
-    out = HERE / f"results-memory-{'gpu' if 'gpu' in results['device'] else 'cpu'}.json"
-    if not args.no_write:
-        out.write_text(json.dumps(results, indent=1, default=str))
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
     if only == {"kv", "restart", "speculative"}:
         text = table(results)
         print(text)
