@@ -178,3 +178,18 @@ def test_settings_are_checked() -> None:
         KVQuantization(bits=3)
     with pytest.raises(ValueError, match="kv_group_size"):
         KVQuantization(bits=4, group_size=16)
+
+
+def test_quantized_buffers_keep_whole_steps_for_cuda() -> None:
+    """``reserve`` (a reused single cache) and ``round_batch_buffers`` (a batch) keep quantized
+    buffers, like full-precision ones, to whole steps: CUDA builds kernels per layout."""
+    from lib_mlx.core.prompt_cache import reserve, round_batch_buffers
+
+    single = lone(300, 1)
+    single.trim(45)  # a reused prefix: 255 tokens in a 512-token buffer
+    reserve([single], 300)
+    assert all(x.shape[2] == 768 for x in single.keys + single.values)
+    batch = MergeableQuantizedKVCache.merge([lone(5, 1), lone(9, 2)])  # a 9-token buffer
+    round_batch_buffers([batch])
+    assert all(x.shape[2] == 256 for x in batch.keys + batch.values)
+    rows_equal(batch, [lone(5, 1), lone(9, 2)])

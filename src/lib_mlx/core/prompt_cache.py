@@ -67,13 +67,14 @@ def reserve(cache: list[Any], room: int) -> None:
     Growing here to a multiple of ``step`` keeps the lengths to the few that fresh caches use;
     it copies what mlx-lm's own growth would have copied, and nothing when the buffer fits."""
     import mlx.core as mx
-    from mlx_lm.models.cache import KVCache
+    from mlx_lm.models.cache import KVCache, QuantizedKVCache
 
     for layer in cache:
-        if type(layer) is not KVCache or layer.keys is None:
+        quantized = isinstance(layer, QuantizedKVCache)  # keys, values: (packed, scales, biases)
+        if (type(layer) is not KVCache and not quantized) or layer.keys is None:
             continue
         held, need = layer.offset, layer.offset + room
-        if layer.keys.shape[2] >= need:
+        if (layer.keys[0] if quantized else layer.keys).shape[2] >= need:
             continue
         size = -(-need // layer.step) * layer.step
 
@@ -82,7 +83,10 @@ def reserve(cache: list[Any], room: int) -> None:
             new[..., :held, :] = old[..., :held, :]
             return new
 
-        layer.keys, layer.values = grown(layer.keys), grown(layer.values)
+        if quantized:
+            layer.keys, layer.values = tuple(map(grown, layer.keys)), tuple(map(grown, layer.values))
+        else:
+            layer.keys, layer.values = grown(layer.keys), grown(layer.values)
 
 
 def layouts_compile() -> bool:
@@ -118,14 +122,21 @@ def round_batch_buffers(layers: Sequence[Any]) -> None:
     import mlx.core as mx
     from mlx_lm.models.cache import BatchKVCache
 
+    from .kv_quant import BatchQuantizedKVCache
+
     for layer in layers:
-        if type(layer) is not BatchKVCache or layer.keys is None:
+        quantized = type(layer) is BatchQuantizedKVCache  # keys, values: (packed, scales, biases)
+        if (type(layer) is not BatchKVCache and not quantized) or layer.keys is None:
             continue
-        size = layer.keys.shape[2]
+        size = (layer.keys[0] if quantized else layer.keys).shape[2]
         extra = -size % layer.step
         if extra:
             pad = [(0, 0), (0, 0), (0, extra), (0, 0)]
-            layer.keys, layer.values = mx.pad(layer.keys, pad), mx.pad(layer.values, pad)
+            if quantized:
+                layer.keys = tuple(mx.pad(x, pad) for x in layer.keys)
+                layer.values = tuple(mx.pad(x, pad) for x in layer.values)
+            else:
+                layer.keys, layer.values = mx.pad(layer.keys, pad), mx.pad(layer.values, pad)
 
 
 def is_trimmable(cache: list[Any]) -> bool:
