@@ -301,6 +301,7 @@ def test_every_config_field_is_settable_through_the_json_abi(make_model) -> None
         "distributed": None,  # one process (a mode needs ranks started by mlx.launch)
         "distributed_backend": "ring",
         "distributed_timeout_s": 12.5,
+        "family": "qwen3",
     }
     # A field added later without a JSON value here fails this test.
     assert set(SERVER_FIELDS) == {f.name for f in dataclasses.fields(ServerConfig)}
