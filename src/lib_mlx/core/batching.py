@@ -174,7 +174,7 @@ class BatchRunner:
                 caches=[hit.cache if hit is not None else None],
                 all_tokens=[tokens[:reused]],
                 samplers=[self.engine.sampler(params)],
-                logits_processors=[tuple(params.logits_processors)],
+                logits_processors=[stream.processors],
             )
         except BaseException as exc:  # noqa: BLE001 - this request fails, the batch goes on
             log.exception("could not start a batched generation")
@@ -199,7 +199,7 @@ class BatchRunner:
                 caches=[handoff.cache],
                 all_tokens=[held],
                 samplers=[handoff.sampler],
-                logits_processors=[tuple(job.params.logits_processors)],
+                logits_processors=[handoff.stream.processors],
             )
         except BaseException as exc:  # noqa: BLE001 - this request fails, the batch goes on
             log.exception("could not move a generation into a batch")
@@ -232,7 +232,7 @@ class BatchRunner:
             if seq is None:
                 continue
             try:
-                reason = seq.stream.add(r.token)
+                reason = seq.stream.add(r.token, r.logprobs)
             except Exception as exc:  # noqa: BLE001 - this request fails, the batch goes on
                 self._fail(r.uid, exc, in_batch=r.finish_reason is None)
                 continue

@@ -68,6 +68,18 @@ class SamplingParams:
     # Test and extension seam: mlx-lm logits processors ``(tokens, logits) -> logits``; they
     # see the whole prompt and the output so far, cached prefix included.
     logits_processors: tuple[Callable[..., Any], ...] = ()
+    # Penalties and bias (``core.processors``): OpenAI's presence/frequency (-2..2), mlx-lm's
+    # multiplicative repetition penalty, and ``(token id, bias)`` pairs.
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    # Structured output (``core.grammar.GrammarSpec``), enforced from where the answer starts.
+    grammar: Any = None
+    # Log-probabilities of the answer's tokens: None (off) or how many alternatives (0-20).
+    logprobs: int | None = None
+    # Reasoning tokens allowed before the end-of-thinking marker is forced (None: no cap).
+    thinking_budget: int | None = None
 
 
 class Generation:
@@ -414,14 +426,14 @@ class Engine:
         max_tokens = max_new_tokens(loaded, n_prompt, params.max_tokens)
         sampler = self.sampler(params)
         if start > reused:  # a checkpoint took the history: the tail needs one pass, not two
-            steps = _steps_after_checkpoint(loaded.model, tokens, start, cache, sampler, params.logits_processors, max_tokens)
+            steps = _steps_after_checkpoint(loaded.model, tokens, start, cache, sampler, stream.processors, max_tokens)
         else:
             steps = generate_step(
                 mx.array(tokens[start:]),
                 loaded.model,
                 max_tokens=max_tokens,
                 sampler=sampler,
-                logits_processors=with_prefix(params.logits_processors, tokens[:start]),
+                logits_processors=with_prefix(stream.processors, tokens[:start]),
                 prompt_cache=cache,
                 **inputs.step_kwargs,
             )
@@ -430,9 +442,9 @@ class Engine:
         alone = self._jobs.empty if may_hand_off and not inputs.step_kwargs else None
         try:
             add = stream.add
-            for token, _ in steps:
+            for token, logprobs in steps:
                 fed.append(token)
-                finished = add(token)
+                finished = add(token, logprobs)
                 if finished is not None:
                     reason = finished
                     break
