@@ -192,14 +192,20 @@ class GrammarProcessor:
         think_start: tuple[int, ...] = (),
         think_end: tuple[int, ...] = (),
         in_reasoning: bool = False,
+        trigger: tuple[int, ...] = (),
     ) -> None:
         import numpy as np
 
         self.matcher = matcher
+        # With a trigger (a call-start marker) the output is free except from each trigger on
+        # until the grammar is complete (strict tool calls under tool_choice "auto").
+        self.trigger = tuple(trigger)
         self.vocab_size = vocab_size
         self.eos = list(eos_token_ids)
         self.think_start, self.think_end = tuple(think_start), tuple(think_end)
-        if in_reasoning and self.think_end:
+        if self.trigger:
+            self.state = "free"
+        elif in_reasoning and self.think_end:
             self.state = "reasoning"
         elif self.think_start and self.think_end:
             self.state = "before"
@@ -237,12 +243,29 @@ class GrammarProcessor:
             new = tokens[self._base + self._seen :].tolist()
             self._seen = out
             self._take(new)
-        if self.state == "reasoning":
+        if self.state in ("reasoning", "free"):
             return logits
         extra = self.think_start[len(self._held)] if self.state == "before" else None
         return self._mask(logits, extra)
 
     def _take(self, new: list[int]) -> None:
+        while new:
+            new = self._take_some(new)
+
+    def _take_some(self, new: list[int]) -> list[int]:
+        """Take tokens; returns those left to take after a change of state."""
+        if self.state == "free":
+            held, trigger = self._held, self.trigger
+            for i, token in enumerate(new):
+                held.append(token)
+                if tuple(held[-len(trigger) :]) == trigger:
+                    held.clear()
+                    self.matcher.reset()
+                    self._fed = 0
+                    self.state = "active"
+                    return new[i + 1 :]
+            del held[: max(0, len(held) - len(trigger))]
+            return []
         if self.state == "before":
             held = self._held
             for i, token in enumerate(new):
@@ -256,7 +279,7 @@ class GrammarProcessor:
                     held.clear()
                     break
             else:
-                return
+                return []
         if self.state == "reasoning":
             held, end = self._held, self.think_end
             for i, token in enumerate(new):
@@ -267,16 +290,22 @@ class GrammarProcessor:
                     break
             else:
                 del held[: max(0, len(held) - len(end))]
-                return
+                return []
         matcher = self.matcher
-        for token in new:
+        for i, token in enumerate(new):
             if matcher.is_stopped():
+                if self.trigger:  # the call is complete: free again
+                    self.state = "free"
+                    return new[i:]
                 break  # the end-of-sequence token that ends the answer
             if not matcher.consume_token(token):
                 self.failed = matcher.get_error()
                 log.warning("grammar refused a sampled token %d: %s", token, self.failed)
                 break
             self._fed += 1
+        if self.trigger and matcher.is_stopped():
+            self.state = "free"
+        return []
 
     def _mask(self, logits: Any, extra: int | None = None) -> Any:
         import mlx.core as mx
@@ -304,7 +333,13 @@ class GrammarProcessor:
 
 
 def make_processor(
-    loaded: Any, spec: GrammarSpec, *, think_start: tuple[int, ...] = (), think_end: tuple[int, ...] = (), in_reasoning: bool = False
+    loaded: Any,
+    spec: GrammarSpec,
+    *,
+    think_start: tuple[int, ...] = (),
+    think_end: tuple[int, ...] = (),
+    in_reasoning: bool = False,
+    trigger: tuple[int, ...] = (),
 ) -> GrammarProcessor:
     compiler = compiler_for(loaded)
     return GrammarProcessor(
@@ -314,6 +349,7 @@ def make_processor(
         think_start=think_start,
         think_end=think_end,
         in_reasoning=in_reasoning,
+        trigger=trigger,
     )
 
 

@@ -144,7 +144,10 @@ def request_processors(loaded: Any, prompt: Any, params: Any) -> tuple[Callable[
     processors += penalty_processors(params, int(vocab) or 1 << 31)
     budget = getattr(params, "thinking_budget", None)
     grammar = getattr(params, "grammar", None)
-    if budget is None and grammar is None:
+    tools = getattr(prompt, "tools", None)
+    strict = bool(tools) and any((t.get("function", t)).get("strict") for t in tools)
+    forced = bool(tools) and bool(getattr(prompt, "assistant_prefix", ""))
+    if budget is None and grammar is None and not strict and not forced:
         return tuple(processors)
     spec, tokenizer = loaded.parser_spec, loaded.tokenizer
     thinking = bool(getattr(prompt, "thinking", False))
@@ -153,11 +156,47 @@ def request_processors(loaded: Any, prompt: Any, params: Any) -> tuple[Callable[
     end = marker_ids(tokenizer, spec.think_end)
     if budget is not None and end and (thinking or in_reasoning):
         processors.append(ThinkingBudget(budget, start, end, in_reasoning))
-    if grammar is not None:
-        from .grammar import make_processor
-
-        processors.append(make_processor(loaded, grammar, think_start=start, think_end=end, in_reasoning=in_reasoning))
+    processors += _grammar_processors(loaded, prompt, grammar, forced, strict, start, end, in_reasoning)
     return tuple(processors)
+
+
+def _grammar_processors(
+    loaded: Any,
+    prompt: Any,
+    grammar: Any,
+    forced: bool,
+    strict: bool,
+    start: tuple[int, ...],
+    end: tuple[int, ...],
+    in_reasoning: bool,
+) -> list[Callable[..., Any]]:
+    """The grammar of the answer (``response_format``), of a forced call, or of strict tool
+    calls -- one processor, since one matcher decides each step."""
+    from . import tool_grammar
+    from .grammar import make_processor
+
+    syntax = tool_grammar.syntax_for(loaded.parser_spec.tool_parser)
+    tools = prompt.tools or []
+    if forced and syntax is not None:
+        special = tool_grammar.special_markers(loaded, syntax)
+        choice = getattr(prompt, "tool_choice", None)
+        name = None
+        if isinstance(choice, dict):
+            name = (choice.get("function") or {}).get("name") or choice.get("name")
+        spec = tool_grammar.forced_call_grammar(
+            syntax, tools, name, parallel=prompt.max_tool_calls is None, special=special
+        )
+        return [make_processor(loaded, spec)]
+    if grammar is not None:
+        if strict and syntax is not None and getattr(prompt, "parse_tools", True):
+            special = tool_grammar.special_markers(loaded, syntax)
+            grammar = tool_grammar.answer_or_calls(grammar, syntax, tools, special)
+        return [make_processor(loaded, grammar, think_start=start, think_end=end, in_reasoning=in_reasoning)]
+    if strict and syntax is not None and getattr(prompt, "parse_tools", True):
+        special = tool_grammar.special_markers(loaded, syntax)
+        trigger = marker_ids(loaded.tokenizer, syntax.start)
+        return [make_processor(loaded, tool_grammar.strict_call_grammar(syntax, tools, special), trigger=trigger)]
+    return []
 
 
 def marker_ids(tokenizer: Any, marker: str | None) -> tuple[int, ...]:

@@ -38,6 +38,9 @@ class RenderedPrompt:
     # generation ends after the first call.
     parse_tools: bool = True
     max_tool_calls: int | None = None
+    # The request's tool_choice ("required" or a named function forces a call; see
+    # ``core.tool_grammar``).
+    tool_choice: Any = None
     # Decoded images/audio (``core.vlm.MediaInputs``) in the order the text's placeholders
     # appear; the engine encodes them (``core.vlm.prompt_inputs``).
     media: Any = None
@@ -181,6 +184,7 @@ def render(loaded: LoadedModel, prompt: ChatPrompt) -> RenderedPrompt:
         tools=tools,
         parse_tools=prompt.tool_choice != "none",
         max_tool_calls=None if prompt.parallel_tool_calls else 1,
+        tool_choice=prompt.tool_choice,
         media=media or None,
     )
 
