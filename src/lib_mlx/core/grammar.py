@@ -55,7 +55,8 @@ class GrammarSpec:
 
     @classmethod
     def json_schema(cls, schema: dict[str, Any], param: str = "response_format") -> "GrammarSpec":
-        return cls("json_schema", json.dumps(schema, sort_keys=True, separators=(",", ":")), param)
+        # Key order kept: properties are generated in the schema's order.
+        return cls("json_schema", json.dumps(schema, separators=(",", ":")), param)
 
     @classmethod
     def json_object(cls, param: str = "response_format") -> "GrammarSpec":
@@ -158,8 +159,10 @@ def compiler_for(loaded: Any) -> GrammarCompiler:
         tokenizer = loaded.tokenizer
         hf = getattr(tokenizer, "_tokenizer", tokenizer)
         config = loaded.config or {}
-        vocab = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size") or len(hf)
-        compiler = GrammarCompiler(hf, int(vocab), sorted(tokenizer.eos_token_ids))
+        vocab = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size") or 0
+        # The logits' width, or the tokenizer's size where it has more ids than the model
+        # (masks are cut to the logits' width).
+        compiler = GrammarCompiler(hf, max(int(vocab), len(hf)), sorted(tokenizer.eos_token_ids))
         loaded._grammar_compiler = compiler
     return compiler
 
@@ -316,8 +319,11 @@ class GrammarProcessor:
             return logits  # only after a token the mask did not allow; then leave the model be
         width = logits.shape[-1]
         if matcher.is_stopped():
+            eos = [t for t in self.eos if t < width]
+            if not eos:
+                return logits  # no end-of-sequence token the model can emit
             allowed = np.zeros(width, dtype=bool)
-            allowed[self.eos] = True
+            allowed[eos] = True
         else:
             words = self._words
             matcher.unsafe_compute_mask_ptr(words.ctypes.data, words.nbytes)
