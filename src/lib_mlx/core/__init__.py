@@ -7,6 +7,7 @@ import asyncio
 from ..config import MlxModelConfig
 from .engine import Arrival, Engine, Generation, SamplingParams
 from .loader import LoadedModel, load
+from .processors import check_request
 from .prompt import ChatPrompt, RenderedPrompt, render
 
 
@@ -31,6 +32,13 @@ class MlxCore:
 
     def render(self, prompt: ChatPrompt) -> RenderedPrompt:
         return render(self.loaded, prompt)
+
+    def check(self, prompt: RenderedPrompt, params: SamplingParams) -> None:
+        """Refuse (``InvalidRequestError`` naming the field) what the request's logits processors
+        cannot apply: a schema the grammar engine cannot enforce, a ``logit_bias`` id outside
+        the vocabulary. Compiles the grammar into the model's cache; may take a while for the
+        first grammar of a large vocabulary, so call it off the event loop."""
+        check_request(self.loaded, prompt, params)
 
     def announce(self) -> Arrival | None:
         """A request is on its way (see ``Engine.announce``); pass the result to ``submit``."""

@@ -39,12 +39,7 @@ def penalty_processors(params: Any, vocab_size: int) -> list[Callable[..., Any]]
     """``logit_bias`` and the penalties as mlx-lm processors (none when unset)."""
     from mlx_lm.sample_utils import make_logits_processors
 
-    bias = dict(getattr(params, "logit_bias", None) or ())
-    for token in bias:
-        if not 0 <= token < vocab_size:
-            raise InvalidRequestError(
-                f"logit_bias: token id {token} is outside the vocabulary (0..{vocab_size - 1})", param="logit_bias"
-            )
+    bias = {int(k): float(v) for k, v in getattr(params, "logit_bias", None) or () if 0 <= int(k) < vocab_size}
     penalties = make_logits_processors(
         repetition_penalty=getattr(params, "repetition_penalty", None),
         repetition_context_size=PENALTY_CONTEXT,
@@ -53,7 +48,7 @@ def penalty_processors(params: Any, vocab_size: int) -> list[Callable[..., Any]]
         frequency_penalty=getattr(params, "frequency_penalty", None),
         frequency_context_size=PENALTY_CONTEXT,
     )
-    bias_processors = make_logits_processors(logit_bias={int(k): float(v) for k, v in bias.items()} or None)
+    bias_processors = make_logits_processors(logit_bias=bias or None)
     return bias_processors + [OutputOnly(p) for p in penalties]
 
 
@@ -139,64 +134,84 @@ def _force(logits: Any, token: int) -> Any:
 def request_processors(loaded: Any, prompt: Any, params: Any) -> tuple[Callable[..., Any], ...]:
     """Every logits processor of one request, in order (see the module doc)."""
     processors: list[Callable[..., Any]] = list(getattr(params, "logits_processors", ()) or ())
-    config = loaded.config or {}
-    vocab = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size") or 0
-    processors += penalty_processors(params, int(vocab) or 1 << 31)
+    processors += penalty_processors(params, _vocab_size(loaded))
     budget = getattr(params, "thinking_budget", None)
-    grammar = getattr(params, "grammar", None)
-    tools = getattr(prompt, "tools", None)
-    strict = bool(tools) and any((t.get("function", t)).get("strict") for t in tools)
-    forced = bool(tools) and bool(getattr(prompt, "assistant_prefix", ""))
-    if budget is None and grammar is None and not strict and not forced:
-        return tuple(processors)
-    spec, tokenizer = loaded.parser_spec, loaded.tokenizer
-    thinking = bool(getattr(prompt, "thinking", False))
-    in_reasoning = bool(getattr(prompt, "starts_in_reasoning", False))
-    start = marker_ids(tokenizer, spec.think_start) if thinking else ()
-    end = marker_ids(tokenizer, spec.think_end)
-    if budget is not None and end and (thinking or in_reasoning):
-        processors.append(ThinkingBudget(budget, start, end, in_reasoning))
-    processors += _grammar_processors(loaded, prompt, grammar, forced, strict, start, end, in_reasoning)
+    if budget is not None:
+        start, end, in_reasoning = _thinking_markers(loaded, prompt)
+        if end and (start or in_reasoning):
+            processors.append(ThinkingBudget(budget, start, end, in_reasoning))
+    plan = grammar_plan(loaded, prompt, params)
+    if plan is not None:
+        from .grammar import make_processor
+
+        spec, kwargs = plan
+        processors.append(make_processor(loaded, spec, **kwargs))
     return tuple(processors)
 
 
-def _grammar_processors(
-    loaded: Any,
-    prompt: Any,
-    grammar: Any,
-    forced: bool,
-    strict: bool,
-    start: tuple[int, ...],
-    end: tuple[int, ...],
-    in_reasoning: bool,
-) -> list[Callable[..., Any]]:
-    """The grammar of the answer (``response_format``), of a forced call, or of strict tool
-    calls -- one processor, since one matcher decides each step."""
-    from . import tool_grammar
-    from .grammar import make_processor
+def check_request(loaded: Any, prompt: Any, params: Any) -> None:
+    """What ``request_processors`` would refuse, checked before the request is queued (so that
+    the client gets a 400 naming the field, not a failed generation): ``logit_bias`` ids, and
+    the grammar, compiled into the model's cache (the worker then finds it there)."""
+    vocab = _vocab_size(loaded)
+    for token, _ in getattr(params, "logit_bias", None) or ():
+        if not 0 <= token < vocab:
+            raise InvalidRequestError(
+                f"logit_bias: token id {token} is outside the vocabulary (0..{vocab - 1})", param="logit_bias"
+            )
+    plan = grammar_plan(loaded, prompt, params)
+    if plan is not None:
+        from .grammar import compiler_for
 
+        compiler_for(loaded).compile(plan[0])
+
+
+def _vocab_size(loaded: Any) -> int:
+    config = loaded.config or {}
+    vocab = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size") or 0
+    return int(vocab) or 1 << 31
+
+
+def _thinking_markers(loaded: Any, prompt: Any) -> tuple[tuple[int, ...], tuple[int, ...], bool]:
+    """The end-of-thinking marker's ids, the start marker's where the output may still open its
+    reasoning (thinking on), and whether the prompt already opened it."""
+    spec, tokenizer = loaded.parser_spec, loaded.tokenizer
+    thinking = bool(getattr(prompt, "thinking", False))
+    in_reasoning = bool(getattr(prompt, "starts_in_reasoning", False))
+    start = marker_ids(tokenizer, spec.think_start) if thinking and not in_reasoning else ()
+    return start, marker_ids(tokenizer, spec.think_end), in_reasoning
+
+
+def grammar_plan(loaded: Any, prompt: Any, params: Any) -> tuple[Any, dict[str, Any]] | None:
+    """The request's one grammar and how it applies -- the answer (``response_format``), a
+    forced call, or strict tool calls -- or None. One matcher decides each step."""
+    from . import tool_grammar
+
+    grammar = getattr(params, "grammar", None)
+    tools = getattr(prompt, "tools", None) or []
+    strict = any((t.get("function", t)).get("strict") for t in tools) and getattr(prompt, "parse_tools", True)
+    forced = bool(tools) and bool(getattr(prompt, "assistant_prefix", ""))
+    if grammar is None and not strict and not forced:
+        return None
     syntax = tool_grammar.syntax_for(loaded.parser_spec.tool_parser)
-    tools = prompt.tools or []
     if forced and syntax is not None:
-        special = tool_grammar.special_markers(loaded, syntax)
         choice = getattr(prompt, "tool_choice", None)
         name = None
         if isinstance(choice, dict):
             name = (choice.get("function") or {}).get("name") or choice.get("name")
-        spec = tool_grammar.forced_call_grammar(
-            syntax, tools, name, parallel=prompt.max_tool_calls is None, special=special
-        )
-        return [make_processor(loaded, spec)]
+        special = tool_grammar.special_markers(loaded, syntax)
+        spec = tool_grammar.forced_call_grammar(syntax, tools, name, parallel=prompt.max_tool_calls is None, special=special)
+        return spec, {}
     if grammar is not None:
-        if strict and syntax is not None and getattr(prompt, "parse_tools", True):
-            special = tool_grammar.special_markers(loaded, syntax)
-            grammar = tool_grammar.answer_or_calls(grammar, syntax, tools, special)
-        return [make_processor(loaded, grammar, think_start=start, think_end=end, in_reasoning=in_reasoning)]
-    if strict and syntax is not None and getattr(prompt, "parse_tools", True):
+        if strict and syntax is not None:
+            grammar = tool_grammar.answer_or_calls(grammar, syntax, tools, tool_grammar.special_markers(loaded, syntax))
+        start, end, in_reasoning = _thinking_markers(loaded, prompt)
+        return grammar, {"think_start": start, "think_end": end, "in_reasoning": in_reasoning}
+    if strict and syntax is not None:
         special = tool_grammar.special_markers(loaded, syntax)
         trigger = marker_ids(loaded.tokenizer, syntax.start)
-        return [make_processor(loaded, tool_grammar.strict_call_grammar(syntax, tools, special), trigger=trigger)]
-    return []
+        return tool_grammar.strict_call_grammar(syntax, tools, special), {"trigger": trigger}
+    return None
 
 
 def marker_ids(tokenizer: Any, marker: str | None) -> tuple[int, ...]:
@@ -213,4 +228,14 @@ def effort_budget(effort: str | None) -> int | None:
     return EFFORT_BUDGETS.get(effort)
 
 
-__all__ = ["EFFORT_BUDGETS", "PENALTY_CONTEXT", "ThinkingBudget", "effort_budget", "marker_ids", "penalty_processors", "request_processors"]
+__all__ = [
+    "EFFORT_BUDGETS",
+    "PENALTY_CONTEXT",
+    "ThinkingBudget",
+    "check_request",
+    "effort_budget",
+    "grammar_plan",
+    "marker_ids",
+    "penalty_processors",
+    "request_processors",
+]
