@@ -5,14 +5,14 @@ It runs lib_mlx's engine in this process (``queue_limit`` 4, prompt cache on, no
 1, 2 and 4 requests at the same moment from as many threads, and prints each request's time to
 first token and, for the first and last trial of each size, every step of the batch behind it:
 when it ran, how long it took, how many prompts it processed and how many tokens it produced
-(and a request that began alone before moving into the batch). On a GPU, steps that take many
-times their neighbours are MLX building kernels for a shape it has not seen.
+(and a request that began alone before moving into the batch), as the engine records them
+(``EngineStats.recent_steps``). On a GPU, steps that take many times their neighbours are MLX
+building kernels for a shape it has not seen.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import tempfile
 import threading
@@ -25,37 +25,23 @@ from .models import ModelSpec, build
 
 
 class StepLog:
-    """Stamps ``BatchGenerator.next`` and the engine's solo runs (wrapped for this process)."""
+    """The engine's own record of its steps (``MlxCore.stats().recent_steps``), from ``t0`` on."""
 
     def __init__(self) -> None:
         self.t0 = 0.0
         self.lines: list[str] = []
 
-    def install(self) -> None:
-        from lib_mlx.core import engine as engine_module
-
-        generate = importlib.import_module("mlx_lm.generate")  # the package re-exports a function of that name
-        log = self
-        next_step = generate.BatchGenerator.next
-        alone = engine_module.Engine._generate
-
-        def timed_next(self: Any) -> Any:
-            start = time.perf_counter()
-            prompts, tokens = next_step(self)
-            log.add(start, f"batch step: {len(prompts)} prompt pieces, {len(tokens)} tokens, {len(self._generation_batch)} decoding")
-            return prompts, tokens
-
-        def timed_alone(self: Any, job: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            handoff = alone(self, job, **kwargs)
-            log.add(start, "alone" + (", then into the batch" if handoff is not None else ", to the end"))
-            return handoff
-
-        generate.BatchGenerator.next = timed_next
-        engine_module.Engine._generate = timed_alone
-
-    def add(self, start: float, what: str) -> None:
-        self.lines.append(f"    at {1000 * (start - self.t0):8.1f} ms  {1000 * (time.perf_counter() - start):7.1f} ms  {what}")
+    def read(self, core: Any) -> None:
+        for step in sorted(core.stats().recent_steps, key=lambda s: s.start):
+            if step.start < self.t0:
+                continue
+            if step.kind == "batch":
+                what = f"batch step: {step.prompts} prompt pieces, {step.tokens} tokens, {step.decoding} in the batch"
+            elif step.kind == "batch_start":
+                what = f"a batch starts with {step.prompts} requests"
+            else:
+                what = ("alone, then into the batch" if step.handed_off else "alone, to the end") + f" ({step.tokens} tokens)"
+            self.lines.append(f"    at {1000 * (step.start - self.t0):8.1f} ms  {1000 * step.seconds:7.1f} ms  {what}")
 
 
 def burst(core: Any, log: StepLog, texts: list[str], max_tokens: int, thinking: bool) -> list[float]:
@@ -81,6 +67,7 @@ def burst(core: Any, log: StepLog, texts: list[str], max_tokens: int, thinking: 
         thread.start()
     for thread in threads:
         thread.join()
+    log.read(core)
     return ttft
 
 
@@ -107,7 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     thinking = args.family == "qwen3"
     core = MlxCore(load(MlxModelConfig(model_path=str(model_dir))), queue_limit=4)
     log = StepLog()
-    log.install()
     print(f"{spec.name} on {mx.default_device()}, {args.prompt_tokens}-token prompts, {args.max_tokens} tokens each")
     try:
         for n in (1, 2, 4):

@@ -1,7 +1,9 @@
 """Timing hooks for ``bench.first_token``: wrap the stages of a chat request in the server
 process and append ``{"stage", "t"}`` lines (``time.perf_counter``, the system-wide monotonic
 clock on Linux and macOS) to the file named by ``LIB_MLX_STAGE_TRACE``. Benchmark-only: the
-product has no tracing switch of its own."""
+product has no tracing switch of its own. Only public functions and methods are wrapped (a
+request run alone: ``core.single.run``; the prompt cache's ``fetch``; ``RequestStream.add``;
+``Generation.deliver``)."""
 
 from __future__ import annotations
 
@@ -65,7 +67,7 @@ def _wrap_async(owner: Any, name: str, before: str | None = None, after: str | N
 
 def install() -> None:
     """Patch before ``lib_mlx.server.app`` binds the route (it imports the handler by name)."""
-    from lib_mlx.core import decode, engine, prompt_cache
+    from lib_mlx.core import decode, prompt_cache, request, single
     from lib_mlx.server import context
     from lib_mlx.server.chat import encoder, serving
 
@@ -87,8 +89,8 @@ def install() -> None:
     _wrap(context.ServerContext, "parse", after="2 body parsed")
     _wrap_async(context.ServerContext, "render", after="3 rendered (thread hop back)")
     _wrap(context.ServerContext, "submit", after="4 submitted")
-    _wrap(engine.Engine, "_generate", before="5 engine picked up the job")
+    _wrap(single, "run", before="5 engine picked up the job")
     _wrap(prompt_cache.PromptCache, "fetch", after="6 prompt cache looked up")
     _wrap(decode.RequestStream, "add", before="7 first token sampled")
-    _wrap(engine.Generation, "_deliver", after="8 first events handed to the loop")
+    _wrap(request.Generation, "deliver", after="8 first events handed to the loop")
     _wrap(encoder.ChatChunkEncoder, "encode", before="9 first event reached the encoder")

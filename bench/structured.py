@@ -58,7 +58,7 @@ def run_model(spec: ModelSpec, model_dir: Path, runs: int, prompt_tokens: int, m
     from lib_mlx.core.grammar import GrammarSpec, compiler_for
 
     core = MlxCore.load(MlxModelConfig(model_path=str(model_dir)))
-    compiler = compiler_for(core.engine.loaded)
+    compiler = compiler_for(core.loaded)
     t0 = time.perf_counter()
     _ = compiler.tokenizer
     tokenizer_s = time.perf_counter() - t0
@@ -72,7 +72,7 @@ def run_model(spec: ModelSpec, model_dir: Path, runs: int, prompt_tokens: int, m
     compiler.compile(GrammarSpec.json_schema(SCHEMA))
     cached_s = time.perf_counter() - t0
 
-    tokenizer = core.engine.loaded.tokenizer
+    tokenizer = core.loaded.tokenizer
     thinking = False
     out: dict[str, list[float]] = {"free": [], "json_schema": []}
     tokens: dict[str, list[int]] = {"free": [], "json_schema": []}

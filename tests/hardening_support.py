@@ -123,7 +123,7 @@ def remove_probe(runtime: LibMlxRuntime, handle: int) -> None:
 
 
 def in_flight(runtime: LibMlxRuntime, handle: int) -> int:
-    return core_of(runtime, handle).engine.in_flight
+    return core_of(runtime, handle).in_flight
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> bool:

@@ -39,8 +39,11 @@ def test_chat_completion_exact_text_and_usage(serve, scripted) -> None:
         assert reply.object == "chat.completion" and reply.model == s.info.model_id
         assert reply.usage.completion_tokens == len(pieces)
         assert reply.usage.total_tokens == reply.usage.prompt_tokens + len(pieces)
-        rendered = s.runtime._entry(s.handle).core.render  # prompt token count from the same template
+        from hardening_support import core_of
+
         from lib_mlx.core import ChatPrompt
+
+        rendered = core_of(s.runtime, s.handle).render  # prompt token count from the same template
 
         assert reply.usage.prompt_tokens == len(rendered(ChatPrompt(messages=MESSAGES)).tokens)
 

@@ -236,7 +236,7 @@ def test_a_request_refused_after_rendering_leaves_no_announcement(serve, loaded)
     assert_openai_error(s.post(chat_body(messages=long)), 400, "context_length_exceeded", "messages")
     assert_openai_error(s.post(chat_body(messages=long, stream=True)), 400, "context_length_exceeded")
     s.assert_serving()
-    assert core_of(runtime, handle).engine._announced == 0
+    assert core_of(runtime, handle).stats().announced == 0
 
 
 def test_max_tokens_beyond_the_context_is_clamped(serve, loaded):

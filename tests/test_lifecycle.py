@@ -12,7 +12,7 @@ import pytest
 from lib_mlx import LibMlxRuntime, MlxModelConfig, MlxServerConfig, abi
 from lib_mlx.errors import UnknownHandleError
 
-# The design note's lifecycle schemas: the keys each reply must carry.
+# README's lifecycle JSON schemas: the keys each reply must carry.
 LOAD_KEYS = {"ok", "handle", "status", "model_id"}
 START_KEYS = {"ok", "handle", "server"}
 SERVER_KEYS = {"host", "port", "base_url", "model_id", "status"}

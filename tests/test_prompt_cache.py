@@ -271,6 +271,7 @@ def test_cached_and_uncached_greedy_generation_are_identical(loaded, engines, th
     tails = generation_prompt_tails(loaded.tokenizer)
     messages: list[dict[str, Any]] = [{"role": "system", "content": "You answer questions about cities."}]
     previous: Turn | None = None
+    reused = 0
     for n in range(4):
         messages.append({"role": "user", "content": f"Question {n}: what is the weather like in Paris?"})
         with_cache = generate(cached, loaded, messages, thinking)
@@ -291,6 +292,11 @@ def test_cached_and_uncached_greedy_generation_are_identical(loaded, engines, th
             assert with_cache.usage.prompt_tokens == len(with_cache.prompt)
         messages.append({"role": "assistant", "content": "It is sunny and warm in Paris today."})
         previous = with_cache
+        reused += with_cache.usage.cached_tokens
+    stats, none = cached.stats(), uncached.stats()
+    assert stats.requests == stats.finished == 4 and stats.completion_tokens == 64
+    assert stats.prompt_cache_hits == 3 and stats.cached_tokens == reused > 0
+    assert none.prompt_cache_hits == none.cached_tokens == none.prompt_cache_entries == 0
 
 
 def test_a_changed_history_does_not_reuse_the_stale_prefix(loaded, engines) -> None:
@@ -337,7 +343,7 @@ def test_a_prompt_end_checkpoint_costs_no_extra_forward_pass(make_model) -> None
     messages = [{"role": "user", "content": "What is the weather like in Paris today?"}]
     passes = {}
     texts = {}
-    for name, cache_bytes in (("cached", None), ("uncached", 0)):
+    for name, cache_bytes in (("cached", 1 << 30), ("uncached", 0)):
         counting = CountingModel(base.model)
         loaded = dataclasses.replace(base, model=counting)
         engine = Engine(loaded, queue_limit=1, prompt_cache_bytes=cache_bytes)
@@ -345,7 +351,7 @@ def test_a_prompt_end_checkpoint_costs_no_extra_forward_pass(make_model) -> None
             texts[name] = generate(engine, loaded, messages, False, max_tokens=1).text
             passes[name] = counting.passes
             if name == "cached":
-                assert len(engine.prompt_cache) >= 1  # the checkpoint was taken
+                assert engine.stats().prompt_cache_entries >= 1  # the checkpoint was taken
         finally:
             engine.close()
     assert texts["cached"] == texts["uncached"]
@@ -388,9 +394,37 @@ def test_chat_usage_reports_cached_tokens(serve, make_model) -> None:
             model=s.info.model_id, messages=messages, max_tokens=4, stream=True, stream_options={"include_usage": True}
         )
         usage = [c for c in stream][-1].usage
+        stats = s.status()["stats"]
     # The first prompt came back whole as the head of the second (its assistant opening included).
     assert usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens
     assert usage.prompt_tokens_details.cached_tokens < usage.prompt_tokens
+    assert stats["prompt_cache_hits"] == 1 and stats["requests"] == stats["finished"] == 2
+    assert stats["cached_tokens"] == stats["prompt_cache_reused_tokens"] == usage.prompt_tokens_details.cached_tokens
+    assert stats["prompt_tokens"] == first.usage.prompt_tokens + usage.prompt_tokens
+
+
+@pytest.mark.parametrize("env", [None, "0", "oops"])
+def test_the_prompt_cache_budget_comes_from_the_config_and_the_environment(runtime, make_model, monkeypatch, env) -> None:
+    """``prompt_cache_bytes`` in the model config; ``LIB_MLX_PROMPT_CACHE_BYTES`` overrides it
+    at load (an unusable value is ignored)."""
+    from hardening_support import core_of
+
+    from lib_mlx.config import with_env_overrides
+
+    if env is not None:
+        monkeypatch.setenv("LIB_MLX_PROMPT_CACHE_BYTES", env)
+    config = MlxModelConfig(str(make_model("qwen3", hidden_size=64, num_layers=3)))
+    assert with_env_overrides(config).prompt_cache_bytes == (0 if env == "0" else 1 << 30)
+    assert with_env_overrides(MlxModelConfig("x", prompt_cache_bytes=0), {}).prompt_cache_bytes == 0
+    handle = runtime.load_model(config)
+    messages = [{"role": "user", "content": "What is the weather like in Paris?"}]
+    core = core_of(runtime, handle)
+    for _ in range(2):
+        generation = core.submit(core.render(ChatPrompt(messages=messages)), SamplingParams(max_tokens=2, temperature=0.0))
+        list(generation)
+    stats = runtime.server_status(handle)["stats"]
+    assert stats["finished"] == 2
+    assert stats["prompt_cache_hits"] == (0 if env == "0" else 1)
 
 
 def test_responses_continuation_reports_cached_tokens(serve, make_model) -> None:

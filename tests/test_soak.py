@@ -39,7 +39,7 @@ def _mlx_bytes(s: Served) -> int:
     import mlx.core as mx
 
     gc.collect()
-    return int(mx.get_active_memory()) - core_of(s.runtime, s.handle).engine.prompt_cache.nbytes
+    return int(mx.get_active_memory()) - core_of(s.runtime, s.handle).stats().prompt_cache_bytes
 
 
 async def _one(http: httpx.AsyncClient, s: Served, rng: random.Random, outcomes: collections.Counter) -> None:

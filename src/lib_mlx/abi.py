@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import MlxModelConfig, MlxServerConfig, parse_config
-from .errors import LibMlxError, UnknownHandleError, from_exception
+from .core.failures import classify
+from .errors import LibMlxError, UnknownHandleError
 from .runtime import LibMlxRuntime
 
 log = logging.getLogger("lib_mlx.abi")
@@ -38,7 +39,7 @@ def _reply(fn: Callable[[], dict[str, Any]]) -> str:
         body = exc.to_abi()
     except Exception as exc:  # noqa: BLE001 - the ABI never raises
         log.exception("lifecycle call failed")
-        body = from_exception(exc).to_abi()
+        body = classify(exc).to_abi()
     return json.dumps(body, ensure_ascii=False)
 
 

@@ -94,7 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The design note's flow in Python: load, serve, chat through ``openai``, unload."""
+    """README's Python usage flow: load, serve, chat through ``openai``, unload."""
     from .tiny_models import default_demo_model
 
     if args.model:

@@ -1,4 +1,4 @@
-"""Lifecycle configuration and results, mirroring the design note's JSON schemas.
+"""Lifecycle configuration and results: the JSON schemas of README's "Lifecycle JSON schemas".
 
 The config classes are pydantic dataclasses: positional construction from Python
 (``MlxModelConfig("/path/to/model")``) and strict validation of JSON from the ABI alike.
@@ -7,8 +7,12 @@ Unknown keys in JSON are ignored so that older libraries accept newer hosts' con
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import asdict, dataclass, field
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any, Literal, TypeVar
 
 import pydantic
@@ -17,7 +21,12 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from .errors import InvalidConfigError, InvalidJsonError
 
+log = logging.getLogger("lib_mlx")
+
 _STRICT = ConfigDict(strict=True, extra="ignore")
+
+DEFAULT_PROMPT_CACHE_BYTES = 1 << 30
+PROMPT_CACHE_BYTES_ENV = "LIB_MLX_PROMPT_CACHE_BYTES"
 
 
 @pydantic_dataclass(config=_STRICT, frozen=True)
@@ -30,6 +39,9 @@ class MlxModelConfig:
     revision: str | None = None
     thinking_enabled: bool = True
     lazy_encoders: bool = True
+    # The KV caches of earlier prompts kept for reuse, in bytes (0 turns reuse off). The
+    # environment variable LIB_MLX_PROMPT_CACHE_BYTES overrides it (``with_env_overrides``).
+    prompt_cache_bytes: int = Field(default=DEFAULT_PROMPT_CACHE_BYTES, ge=0)
 
     def __post_init__(self) -> None:
         if not self.model_path and not self.model_id:
@@ -79,19 +91,25 @@ class MemoryInfo:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class ModelStatus:
-    handle: int
-    status: str
-    model_id: str
-    model_path: str
-    server: ServerInfo | None
-    memory: MemoryInfo
-    in_flight: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 _C = TypeVar("_C")
+
+
+def with_env_overrides(config: MlxModelConfig, environ: Mapping[str, str] | None = None) -> MlxModelConfig:
+    """``config`` with the operator's environment applied: ``LIB_MLX_PROMPT_CACHE_BYTES`` (an
+    integer) replaces ``prompt_cache_bytes``. Read once, where a model is loaded
+    (``LibMlxRuntime.load_model``); an unusable value is ignored with a warning."""
+    env = os.environ if environ is None else environ
+    value = env.get(PROMPT_CACHE_BYTES_ENV, "").strip()
+    if not value:
+        return config
+    try:
+        size = int(value)
+        if size < 0:
+            raise ValueError(value)
+    except ValueError:
+        log.warning("ignoring %s=%r: not a byte count", PROMPT_CACHE_BYTES_ENV, value)
+        return config
+    return dataclasses.replace(config, prompt_cache_bytes=size)
 
 
 def parse_config(cls: type[_C], config_json: str | bytes | None, *, required: bool = True) -> _C:

@@ -2,7 +2,9 @@
 
 Each class carries its HTTP status and its OpenAI error ``type``/``code``. The server maps any
 ``LibMlxError`` to ``{"error": {...}}`` and the ABI to ``{"ok": false, "error": {...}}`` in one
-place each (``server.errors`` and ``abi``). Never classify errors by their message text.
+place each (``server.errors`` and ``abi``); anything else that reaches a boundary is made one of
+these by ``core.failures.classify``. Never classify errors by their message text (MLX's
+allocation failures, which have no type of their own, are the one documented exception there).
 """
 
 from __future__ import annotations
@@ -170,11 +172,3 @@ class CancelledError(LibMlxError):
     type = "server_error"
     code = "cancelled"
 
-
-def from_exception(exc: BaseException) -> LibMlxError:
-    """Wrap anything unexpected as an internal error, keeping ours as they are."""
-    if isinstance(exc, LibMlxError):
-        return exc
-    if isinstance(exc, MemoryError):
-        return OutOfMemoryError(f"Out of memory: {exc}")
-    return LibMlxError(f"{type(exc).__name__}: {exc}")

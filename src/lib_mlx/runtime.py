@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .config import MlxModelConfig, MlxServerConfig, ServerInfo
+from .config import MlxModelConfig, MlxServerConfig, ServerInfo, with_env_overrides
 from .errors import ServerNotRunningError, UnknownHandleError
 
 if TYPE_CHECKING:
@@ -41,10 +41,11 @@ class LibMlxRuntime:
 
     # lifecycle ----------------------------------------------------------------------------
     def load_model(self, config: MlxModelConfig) -> int:
-        """Load a model (blocking) and return its handle (ints from 1)."""
+        """Load a model (blocking) and return its handle (ints from 1). The environment's
+        overrides apply here (``config.with_env_overrides``)."""
         from .core import MlxCore
 
-        core = MlxCore.load(config)
+        core = MlxCore.load(with_env_overrides(config))
         with self._lock:
             handle = next(self._ids)
             self._entries[handle] = _Entry(handle, config, core)
@@ -60,7 +61,7 @@ class LibMlxRuntime:
             if entry.server is not None and entry.server.running:
                 return entry.server.info
             settings = config or MlxServerConfig()
-            entry.core.engine.queue_limit = settings.queue_limit
+            entry.core.queue_limit = settings.queue_limit
             entry.server = ServerHandle(entry.core, settings)
             return entry.server.info
 
@@ -83,23 +84,16 @@ class LibMlxRuntime:
             server_body: dict[str, Any] = {"status": "running" if running else "stopped"}
             if running and server is not None:
                 server_body.update(server.info.to_dict())
-            loaded = entry.core.loaded
+            core = entry.core
+            model = core.status()
             return {
                 "handle": handle,
-                "model": {
-                    "status": "ready",
-                    "model_id": loaded.model_id,
-                    "model_path": str(loaded.model_path),
-                    "model_type": loaded.model_type,
-                    "context_length": loaded.context_length,
-                    "thinking_enabled": loaded.thinking_enabled,
-                },
+                "model": model["model"],
                 "server": server_body,
-                "in_flight": entry.core.engine.in_flight,
+                "in_flight": core.in_flight,
                 "memory": memory_info().to_dict(),
-                # Vision/audio towers: which are resident and the bytes they take (null for a
-                # text-only model).
-                "multimodal": loaded.vlm.status() if getattr(loaded, "vlm", None) is not None else None,
+                "multimodal": model["multimodal"],
+                "stats": core.stats().to_dict(),
             }
 
     def unload_model(self, handle: int) -> None:

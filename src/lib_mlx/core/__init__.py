@@ -1,62 +1,55 @@
-"""Everything that touches MLX. Knows nothing about HTTP."""
+"""Everything that touches MLX. Knows nothing about HTTP.
+
+The runtime and the server use core through ``MlxCore`` (the contract: ``InferenceCore``) and
+the plain values it takes and gives: ``ChatPrompt`` / ``RenderedPrompt``, ``SamplingParams``,
+the ``Generation`` handle and the events in ``core.events``.
+
+The names below are imported on first use: importing a light module of core (``core.failures``
+for the C ABI's error bodies, ``core.events``) does not load MLX, mlx-lm and transformers
+(seconds).
+"""
 
 from __future__ import annotations
 
-import asyncio
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from ..config import MlxModelConfig
-from .engine import Arrival, Engine, Generation, SamplingParams
-from .loader import LoadedModel, load
-from .processors import check_request
-from .prompt import ChatPrompt, RenderedPrompt, render
+if TYPE_CHECKING:
+    from .facade import Capabilities, InferenceCore, MlxCore
+    from .prompt import ChatPrompt, RenderedPrompt
+    from .request import Arrival, Generation, SamplingParams
+    from .stats import EngineStats
 
-
-class MlxCore:
-    """One loaded model and the worker that generates with it."""
-
-    def __init__(self, loaded: LoadedModel, queue_limit: int = 1) -> None:
-        self.loaded = loaded
-        self.engine = Engine(loaded, queue_limit=queue_limit)
-
-    @classmethod
-    def load(cls, config: MlxModelConfig) -> "MlxCore":
-        return cls(load(config))
-
-    @property
-    def model_id(self) -> str:
-        return self.loaded.model_id
-
-    @property
-    def context_length(self) -> int:
-        return self.loaded.context_length
-
-    def render(self, prompt: ChatPrompt) -> RenderedPrompt:
-        return render(self.loaded, prompt)
-
-    def check(self, prompt: RenderedPrompt, params: SamplingParams) -> None:
-        """Refuse (``InvalidRequestError`` naming the field) what the request's logits processors
-        cannot apply: a schema the grammar engine cannot enforce, a ``logit_bias`` id outside
-        the vocabulary. Compiles the grammar into the model's cache; may take a while for the
-        first grammar of a large vocabulary, so call it off the event loop."""
-        check_request(self.loaded, prompt, params)
-
-    def announce(self) -> Arrival | None:
-        """A request is on its way (see ``Engine.announce``); pass the result to ``submit``."""
-        return self.engine.announce()
-
-    def submit(
-        self,
-        prompt: RenderedPrompt,
-        params: SamplingParams,
-        *,
-        loop: asyncio.AbstractEventLoop | None = None,
-        arrival: Arrival | None = None,
-    ) -> Generation:
-        return self.engine.submit(prompt, params, loop=loop, arrival=arrival)
-
-    def close(self) -> None:
-        self.engine.close()
-        self.loaded = None  # type: ignore[assignment]
+_EXPORTS = {
+    "Arrival": ".request",
+    "Capabilities": ".facade",
+    "ChatPrompt": ".prompt",
+    "EngineStats": ".stats",
+    "Generation": ".request",
+    "InferenceCore": ".facade",
+    "MlxCore": ".facade",
+    "RenderedPrompt": ".prompt",
+    "SamplingParams": ".request",
+}
 
 
-__all__ = ["Arrival", "ChatPrompt", "Generation", "MlxCore", "RenderedPrompt", "SamplingParams"]
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "Arrival",
+    "Capabilities",
+    "ChatPrompt",
+    "EngineStats",
+    "Generation",
+    "InferenceCore",
+    "MlxCore",
+    "RenderedPrompt",
+    "SamplingParams",
+]

@@ -21,15 +21,18 @@ stall everyone's decoding with kernel builds.
 from __future__ import annotations
 
 import logging
+import queue
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .context import RunContext
 from .decode import RequestStream
-from .events import Done, Failed, Usage
+from .failures import generation_failure, recover_after_failure
 from .prompt_cache import CacheHit, layouts_compile, round_batch_buffers, whole_step_prefix
-
-if TYPE_CHECKING:
-    from .engine import Engine, Job
+from .request import Job
+from .sampling import max_new_tokens
+from .single import Handoff
 
 log = logging.getLogger("lib_mlx.engine")
 
@@ -39,52 +42,40 @@ MAX_DEFERRALS = 4  # steps a newcomer may wait for the requests before it to sta
 
 
 @dataclass
-class Handoff:
-    """A request that began alone (``Engine._generate``) and moves into a batch because another
-    arrived: its cache holds the prompt and every generated token but the last, which the batch
-    feeds again to sample what follows (the single stream's look-ahead step is discarded)."""
-
-    job: "Job"
-    stream: RequestStream
-    cache: list[Any]
-    tokens: list[int]  # what the cache holds
-    last: int
-    remaining: int  # tokens still allowed
-    sampler: Any
-
-
-@dataclass
 class _Sequence:
-    job: "Job"
+    job: Job
     stream: RequestStream
     checkpoint: bool  # keep a checkpoint when its first prompt segment is done
 
 
 class BatchRunner:
-    """One run of continuous batching, from a first request until the batch is empty."""
+    """One run of continuous batching, from a first request until the batch is empty.
 
-    def __init__(self, engine: "Engine") -> None:
-        self.engine = engine
-        self.loaded = engine.loaded
-        self.store = engine.prompt_cache
+    ``jobs`` is the engine's queue (``None`` in it is the engine's stop marker); ``limit`` the
+    most requests in one batch (the engine's ``queue_limit``)."""
+
+    def __init__(self, ctx: RunContext, jobs: "queue.Queue[Job | None]", limit: int) -> None:
+        self.ctx = ctx
+        self.jobs = jobs
+        self.limit = max(limit, 1)
+        self.loaded = ctx.loaded
+        self.store = ctx.prompt_cache
         self.active: dict[int, _Sequence] = {}
         self.awaiting_first: set[int] = set()  # admitted, no token yet
         self.deferrals = 0
-        self.leftovers: list["Job | None"] = []
+        self.leftovers: list[Job | None] = []
         self.generator: Any = None
         # On CUDA, keep the KV buffers to lengths the kernels were built for (see
         # ``prompt_cache.reserve``), at the price of re-running part of a step of tokens.
         self.layouts_compile = layouts_compile()
-        self.whole_steps = self.layouts_compile and engine._always_trimmable()
+        self.whole_steps = self.layouts_compile and ctx.always_trimmable
 
-    def run(self, first: "Job | Handoff") -> list["Job | None"]:
+    def run(self, first: Job | Handoff) -> list[Job | None]:
         """Serve ``first`` and everything batchable that arrives meanwhile. Returns the queued
         items this run did not take (a request to run alone, the engine's stop marker)."""
         from mlx_lm.generate import BatchGenerator
 
-        from .engine import _classify, _recover_after_failure
-
-        limit = max(self.engine.queue_limit, 1)
+        limit = self.limit
         self.generator = BatchGenerator(
             self.loaded.model,
             completion_batch_size=limit,
@@ -98,12 +89,15 @@ class BatchRunner:
                 self._admit(first)
             self._admit_waiting(defer=False)  # a burst: whoever came with the first prefills with it
             log.debug("a batch starts with %d requests", len(self.active))
+            self.ctx.stats.batch_start(len(self.active))
             while True:
                 self._admit_waiting()
                 self._drop_cancelled()
                 if not self.active:
                     break
+                t_step = time.perf_counter()
                 prompt_responses, responses = self.generator.next()
+                self.ctx.stats.step(t_step, prompts=len(prompt_responses), tokens=len(responses), decoding=len(self.active))
                 self._round_buffers()
                 for r in prompt_responses:
                     if r.end_of_segment and not r.end_of_prompt:
@@ -112,12 +106,11 @@ class BatchRunner:
                     self._tokens(responses)
         except BaseException as exc:  # noqa: BLE001 - fail the batch, keep the worker
             log.exception("batched generation failed")
-            error = _classify(exc)
+            error = generation_failure(exc)
             for seq in self.active.values():
-                self.engine.finish_job(seq.job)
-                seq.job.generation._deliver([Failed(error)])
+                self.ctx.fail_with(seq.job, error)
             self.active.clear()
-            _recover_after_failure()
+            recover_after_failure()
         finally:
             self.generator.close()
             self.generator = None
@@ -137,7 +130,7 @@ class BatchRunner:
         one's first token for its own prompt and pad the other's last few prompt tokens out to
         its whole prompt. Without ``defer`` (a run's start: none has begun its prompt yet) they
         all prefill together."""
-        jobs = self.engine._jobs
+        jobs = self.jobs
         if jobs.empty():
             return
         if defer and self.awaiting_first and self.deferrals < MAX_DEFERRALS:
@@ -146,47 +139,42 @@ class BatchRunner:
         self.deferrals = 0
         while not self.leftovers and not jobs.empty():
             job = jobs.get_nowait()
-            if job is None or not self.engine.batchable(job):
+            if job is None or not job.batchable:
                 self.leftovers.append(job)
                 return
             self._admit(job)
 
-    def _admit(self, job: "Job") -> None:
-        from .engine import _classify, max_new_tokens
-
+    def _admit(self, job: Job) -> None:
+        ctx = self.ctx
         if job.generation.cancelled:
-            self.engine.finish_job(job)
-            job.generation._deliver([Done("cancelled", Usage(len(job.prompt.tokens)))])
+            ctx.cancelled_before_start(job)
             return
         try:
             loaded, params = self.loaded, job.params
             tokens = list(job.prompt.tokens)
             hit = self.store.fetch(tokens) if self.store.enabled else None
             if hit is not None and self.layouts_compile:
-                hit = _whole_steps_of(hit) if self.whole_steps else _at_least_a_step(hit)
+                hit = whole_steps_of(hit) if self.whole_steps else at_least_a_step(hit)
             reused = hit.reused if hit is not None else 0
-            stream = RequestStream(job, loaded, cached_tokens=reused, release=self.engine.finish_job)
-            at = self.engine.checkpoint_at(tokens, reused)
+            stream = ctx.stream(job, cached_tokens=reused)
+            at = ctx.checkpoint_at(tokens, reused)
             segments = [tokens[reused:]] if at is None else [tokens[reused:at], tokens[at:]]
             (uid,) = self.generator.insert_segments(
                 [segments],
                 max_tokens=[max_new_tokens(loaded, len(tokens), params.max_tokens)],
                 caches=[hit.cache if hit is not None else None],
                 all_tokens=[tokens[:reused]],
-                samplers=[self.engine.sampler(params)],
+                samplers=[ctx.sampler(params)],
                 logits_processors=[stream.processors],
             )
         except BaseException as exc:  # noqa: BLE001 - this request fails, the batch goes on
             log.exception("could not start a batched generation")
-            self.engine.finish_job(job)
-            job.generation._deliver([Failed(_classify(exc))])
+            ctx.fail(job, exc)
             return
         self.active[uid] = _Sequence(job, stream, checkpoint=at is not None)
         self.awaiting_first.add(uid)
 
     def _take_over(self, handoff: Handoff) -> None:
-        from .engine import _classify
-
         job = handoff.job
         held, refeed = handoff.tokens, []
         if self.whole_steps:  # the batch copies the cache into a buffer of its exact length
@@ -203,8 +191,7 @@ class BatchRunner:
             )
         except BaseException as exc:  # noqa: BLE001 - this request fails, the batch goes on
             log.exception("could not move a generation into a batch")
-            self.engine.finish_job(job)
-            job.generation._deliver([Failed(_classify(exc))])
+            self.ctx.fail(job, exc)
             return
         self.active[uid] = _Sequence(job, handoff.stream, checkpoint=False)
 
@@ -218,7 +205,7 @@ class BatchRunner:
             self.store.insert(list(tokens), cache)
 
     def _drop_cancelled(self) -> None:
-        gone = [uid for uid, seq in self.active.items() if seq.job.generation._cancelled.is_set()]
+        gone = [uid for uid, seq in self.active.items() if seq.job.generation.cancelled]
         if gone:
             self._finish(gone, {uid: "cancelled" for uid in gone})
 
@@ -247,15 +234,12 @@ class BatchRunner:
             self._finish(list(ended), ended)
 
     def _fail(self, uid: int, exc: Exception, *, in_batch: bool) -> None:
-        from .engine import _classify
-
         log.exception("a batched generation failed")
         if in_batch:
             self.generator.remove([uid])
         self.awaiting_first.discard(uid)
         seq = self.active.pop(uid)
-        self.engine.finish_job(seq.job)
-        seq.job.generation._deliver([Failed(_classify(exc))])
+        self.ctx.fail(seq.job, exc)
 
     def _finish(self, uids: list[int], reasons: dict[int, str]) -> None:
         """Take ``uids`` out of the batch (with their caches, for reuse) and end them."""
@@ -271,11 +255,8 @@ class BatchRunner:
         try:
             seq.stream.finish(reason)
         except Exception as exc:  # noqa: BLE001 - the request fails; the cache is still good
-            from .engine import _classify
-
             log.exception("a batched generation failed at its end")
-            self.engine.finish_job(seq.job)
-            seq.job.generation._deliver([Failed(_classify(exc))])
+            self.ctx.fail(seq.job, exc)
         if cache is not None and tokens is not None and self.store.enabled:
             self.store.insert(list(tokens), cache)
 
@@ -290,13 +271,13 @@ def _cut_to_whole_steps(cache: list[Any], held: int) -> int:
     return keep
 
 
-def _whole_steps_of(hit: CacheHit) -> CacheHit | None:
+def whole_steps_of(hit: CacheHit) -> CacheHit | None:
     """The hit cut back to whole cache steps; None when less than a step was reused."""
     keep = _cut_to_whole_steps(hit.cache, hit.reused)
     return CacheHit(hit.cache, keep) if keep else None
 
 
-def _at_least_a_step(hit: CacheHit) -> CacheHit | None:
+def at_least_a_step(hit: CacheHit) -> CacheHit | None:
     """For caches that cannot be cut back to whole steps (sliding windows): the hit if it
     holds at least a step of tokens. Less saves a GPU nothing (a forward pass costs about the
     same for 10 tokens as for 200) and lands the batch on a buffer length of its own."""

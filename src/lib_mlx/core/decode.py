@@ -2,24 +2,25 @@
 batched paths: incremental detokenizer, family parser, stop strings, usage, timings.
 
 Everything here runs on the engine's worker thread, once per token, so it stays O(1) a token:
-no re-decoding of the output, one list of events per token handed to ``Generation._deliver``.
+no re-decoding of the output, one list of events per token handed to ``Generation.deliver``.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .events import Done, Event, Timings, ToolCallEnd, Usage
 from .logprobs import LogprobCapture, token_text_fn
 from .parsers import make_parser
-from .processors import marker_ids, request_processors
+from .processors import marker_ids
+from .sampling import request_processors
 from .stops import StopMatcher
 
 if TYPE_CHECKING:
-    from .engine import Job
     from .loader import LoadedModel
+    from .request import Job
 
 
 class RequestStream:
@@ -32,7 +33,7 @@ class RequestStream:
         *,
         n_prompt: int | None = None,
         cached_tokens: int = 0,
-        release: Callable[["Job"], None] | None = None,
+        release: Callable[["Job", Done], None] | None = None,
     ) -> None:
         prompt, params = job.prompt, job.params
         self.job = job
@@ -73,7 +74,7 @@ class RequestStream:
         if self.n_generated == 0:
             self.t_first = time.perf_counter()
         gen = self.generation
-        if gen._cancelled.is_set():
+        if gen.cancelled:
             return "cancelled"
         if token in self.eos:
             return "stop"
@@ -92,7 +93,7 @@ class RequestStream:
             for event in events:
                 if type(event) is ToolCallEnd:
                     self.tool_calls += 1
-            gen._deliver(events)
+            gen.deliver(events)
         if self.max_tool_calls is not None and self.tool_calls >= self.max_tool_calls:
             return "stop"  # parallel_tool_calls false: the first call ends the answer
         return "stop" if stopped else None
@@ -141,89 +142,8 @@ class RequestStream:
             reasoning_tokens=self.reasoning_tokens,
             cached_tokens=self.cached_tokens,
         )
-        pending.append(Done(reason, usage, timings))
+        done = Done(reason, usage, timings)
+        pending.append(done)
         if self.release is not None:
-            self.release(self.job)
-        self.generation._deliver(pending)
-
-
-# Samplers without a seed are shared between requests with equal settings, so that a batch of
-# them samples in one call; a seeded request gets its own random key, so that its draws do not
-# depend on what else runs beside it.
-_shared_samplers: dict[tuple[float, float, int, float], Callable[..., Any]] = {}
-
-
-def sampling_settings(params: Any, defaults: dict[str, Any]) -> tuple[float, float, int, float]:
-    def pick(name: str, fallback: float) -> float:
-        value = getattr(params, name)
-        if value is None:
-            value = defaults.get(name, fallback)
-        return value or 0
-
-    return (
-        float(pick("temperature", 1.0)),
-        float(pick("top_p", 0.0)),
-        int(pick("top_k", 0)),
-        float(pick("min_p", 0.0)),
-    )
-
-
-def make_request_sampler(
-    params: Any, defaults: dict[str, Any], *, adjust_top_k: Callable[[int], int] | None = None
-) -> Callable[..., Any]:
-    from mlx_lm.sample_utils import make_sampler
-
-    temp, top_p, top_k, min_p = sampling_settings(params, defaults)
-    if adjust_top_k is not None:
-        top_k = adjust_top_k(top_k)
-    settings = (temp, top_p, top_k, min_p)
-    if params.seed is None or temp == 0:
-        sampler = _shared_samplers.get(settings)
-        if sampler is None:
-            sampler = _shared_samplers[settings] = make_sampler(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p)
-        return sampler
-    return SeededSampler(params.seed % (1 << 64), temp, top_p, top_k, min_p)
-
-
-class SeededSampler:
-    """Sampling with the request's own random stream: draw ``i`` uses a key derived from
-    ``(seed, i)``, so a request draws the same tokens alone or in a batch, and ``rewind`` undoes
-    a draw whose token was thrown away (a look-ahead step before moving into a batch)."""
-
-    def __init__(self, seed: int, temp: float, top_p: float, top_k: int, min_p: float) -> None:
-        self.seed, self.temp, self.top_p, self.top_k, self.min_p = seed, temp, top_p, top_k, min_p
-        self.draws = 0
-
-    def rewind(self, n: int = 1) -> None:
-        self.draws = max(0, self.draws - n)
-
-    def __call__(self, logprobs: Any) -> Any:
-        import mlx.core as mx
-        from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
-
-        if 0 < self.top_p < 1.0:
-            logprobs = apply_top_p(logprobs, self.top_p)
-        if self.min_p:
-            logprobs = apply_min_p(logprobs, self.min_p)
-        if self.top_k > 0:
-            logprobs = apply_top_k(logprobs, self.top_k)
-        key = mx.random.key((self.seed + self.draws * 0x9E3779B97F4A7C15) % (1 << 64))
-        self.draws += 1
-        return mx.random.categorical(logprobs * (1.0 / self.temp), key=key)
-
-
-def with_prefix(processors: tuple[Callable[..., Any], ...], prefix: list[int]) -> list[Callable[..., Any]] | None:
-    """Logits processors always see the whole prompt + output, also when a cached prefix was
-    not passed to ``generate_step`` (which shows them only the tokens it was given)."""
-    if not processors:
-        return None
-    if not prefix:
-        return list(processors)
-    import mlx.core as mx
-
-    head = mx.array(prefix)
-
-    def wrap(processor: Callable[..., Any]) -> Callable[..., Any]:
-        return lambda tokens, logits: processor(mx.concatenate([head, tokens.astype(head.dtype)]), logits)
-
-    return [wrap(p) for p in processors]
+            self.release(self.job, done)
+        self.generation.deliver(pending)

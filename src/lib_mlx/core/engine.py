@@ -1,177 +1,46 @@
-"""The generation worker: one thread per loaded model owns every MLX call.
+"""Scheduling: one worker thread per loaded model owns every MLX call, behind a bounded queue.
 
-Requests arrive as plain values (``Job``); events leave as plain dataclasses through a
-``Generation`` handle, delivered to the submitter's asyncio loop with one thread hop per token
-(``call_soon_threadsafe``), or to a plain queue for synchronous callers.
+Requests arrive as plain values (``request.Job``); events leave through each request's
+``request.Generation`` handle. Two ways to run a request, chosen per request:
 
-Two ways to run a request, chosen per request:
-
-- alone through ``mlx_lm.generate_step``: the raw single-stream speed (``queue_limit`` 1, a
-  model whose caches cannot be batched, a prompt with media; and with ``queue_limit`` > 1 a
-  request that finds nobody else waiting, if the model's caches can always be trimmed: when a
-  second request arrives, the first moves into a batch mid-answer, ``batching.Handoff``);
-- continuous batching through mlx-lm's ``BatchGenerator`` (``queue_limit`` > 1): concurrent
-  requests decode together, each with its own sampler, stop rules, cancellation and events
-  (``batching.BatchRunner``).
+- alone through ``mlx_lm.generate_step`` (``single``): the raw single-stream speed
+  (``queue_limit`` 1, a model whose caches cannot be batched, a prompt with media; and with
+  ``queue_limit`` > 1 a request that finds nobody else waiting, if the model's caches can always
+  be trimmed: when a second request arrives, the first moves into a batch mid-answer,
+  ``single.Handoff``);
+- continuous batching through mlx-lm's ``BatchGenerator`` (``batching.BatchRunner``):
+  concurrent requests decode together, each with its own sampler, stop rules, cancellation and
+  events.
 
 Both reuse the KV cache of earlier prompts (``prompt_cache.PromptCache``) and report the
 reused count as ``Usage.cached_tokens``; ``decode.RequestStream`` turns tokens into events.
+This module decides which path a request takes and when; ``context.RunContext`` is all the two
+paths see of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import functools
-import itertools
 import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import CancelledError, GenerationError, LibMlxError, OutOfMemoryError, QueueFullError
-from .batching import BatchRunner, Handoff
-from .decode import RequestStream, SeededSampler, make_request_sampler, with_prefix
-from .events import Done, Event, Failed, Usage
+from ..errors import CancelledError, QueueFullError
+from . import single
+from .batching import BatchRunner
+from .context import RunContext
 from .loader import LoadedModel
 from .prompt import RenderedPrompt
-from .prompt_cache import (
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_ENTRIES,
-    PromptCache,
-    cache_length,
-    generation_prompt_tails,
-    history_end,
-    needs_checkpoints,
-    reserve,
-)
-from .vlm import prompt_inputs
+from .prompt_cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, PromptCache
+from .request import Arrival, Generation, Job, SamplingParams
+from .single import Handoff
+from .stats import EngineStats, StatsRecorder
 
 log = logging.getLogger("lib_mlx.engine")
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    # Keep generating through end-of-sequence tokens until ``max_tokens`` (benchmarks).
-    ignore_eos: bool = False
-    # Test and extension seam: mlx-lm logits processors ``(tokens, logits) -> logits``; they
-    # see the whole prompt and the output so far, cached prefix included.
-    logits_processors: tuple[Callable[..., Any], ...] = ()
-    # Penalties and bias (``core.processors``): OpenAI's presence/frequency (-2..2), mlx-lm's
-    # multiplicative repetition penalty, and ``(token id, bias)`` pairs.
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    repetition_penalty: float | None = None
-    logit_bias: tuple[tuple[int, float], ...] = ()
-    # Structured output (``core.grammar.GrammarSpec``), enforced from where the answer starts.
-    grammar: Any = None
-    # Log-probabilities of the answer's tokens: None (off) or how many alternatives (0-20).
-    logprobs: int | None = None
-    # Reasoning tokens allowed before the end-of-thinking marker is forced (None: no cap).
-    thinking_budget: int | None = None
-
-
-class Generation:
-    """One request's stream of events. Iterate it (async or sync); ``cancel()`` from anywhere.
-
-    For an asyncio consumer the worker appends each token's events to an inbox and wakes the
-    consumer's loop with ``call_soon_threadsafe`` only when no wake-up is pending already, so a
-    consumer that falls behind drains several tokens per wake-up; waiting costs one future (no
-    task per token, as ``asyncio.wait_for`` would make)."""
-
-    _ids = itertools.count(1)
-
-    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        self.id = next(self._ids)
-        self._loop = loop
-        self._inbox: collections.deque[list[Event]] = collections.deque()
-        self._wake_pending = False
-        self._waiter: asyncio.Future[None] | None = None
-        self._sync_queue: queue.Queue[list[Event]] | None = None if loop else queue.Queue()
-        self._cancelled = threading.Event()
-        self.finished = threading.Event()
-
-    # worker side -----------------------------------------------------------------------
-    def _deliver(self, events: list[Event]) -> None:
-        if self._sync_queue is not None:
-            self._sync_queue.put(events)
-            return
-        self._inbox.append(events)
-        if self._wake_pending:
-            return
-        self._wake_pending = True
-        assert self._loop is not None
-        try:
-            self._loop.call_soon_threadsafe(self._wake)
-        except RuntimeError:  # the consumer's loop is gone: nobody listens any more
-            self._cancelled.set()
-
-    def _wake(self) -> None:  # on the consumer's loop
-        self._wake_pending = False  # before the consumer drains: later events schedule anew
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    # consumer side ---------------------------------------------------------------------
-    def cancel(self) -> None:
-        self._cancelled.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-    async def next_batch(self, timeout: float | None = None) -> list[Event]:
-        """The next events (one token's worth or more); raises ``TimeoutError`` after
-        ``timeout`` seconds without any (so the caller can send a keepalive)."""
-        assert self._sync_queue is None, "created for synchronous use"
-        inbox = self._inbox
-        while not inbox:
-            loop = self._loop
-            assert loop is not None
-            waiter = self._waiter = loop.create_future()
-            timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
-            try:
-                await waiter
-            finally:
-                self._waiter = None
-                if timer is not None:
-                    timer.cancel()
-        events = inbox.popleft()
-        while inbox:
-            events = events + inbox.popleft()
-        return events
-
-    async def __aiter__(self) -> AsyncIterator[Event]:
-        while True:
-            for event in await self.next_batch():
-                yield event
-                if isinstance(event, (Done, Failed)):
-                    return
-
-    def __iter__(self) -> Iterator[Event]:
-        assert self._sync_queue is not None, "created for asyncio use"
-        while True:
-            for event in self._sync_queue.get():
-                yield event
-                if isinstance(event, (Done, Failed)):
-                    return
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
-
 
 # How long the worker holds a request for others announced as on their way (their prompts are
 # rendering), so that a burst of requests prefills as one batch. Only ever while another request
@@ -179,32 +48,12 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 ARRIVAL_WAIT = 0.05
 
 
-class Arrival:
-    """A request on its way to ``Engine.submit``: announced while its prompt renders, closed by
-    ``submit`` (or ``close()`` if it never gets there; idempotent)."""
-
-    def __init__(self, engine: "Engine") -> None:
-        self._engine = engine
-        self.open = True
-
-    def close(self) -> None:
-        self._engine._arrived(self)
-
-
-@dataclass
-class Job:
-    prompt: RenderedPrompt
-    params: SamplingParams
-    generation: Generation
-    submitted: float = field(default_factory=time.perf_counter)
-
-
 class Engine:
     """Owns the model's MLX work on a single worker thread, with a bounded queue.
 
-    ``prompt_cache_bytes`` bounds the KV caches kept for reuse (0 turns reuse off; default:
-    the ``LIB_MLX_PROMPT_CACHE_BYTES`` environment variable, else 1 GiB);
-    ``engine.prompt_cache`` is the live store (``stats``, ``clear()``).
+    ``queue_limit`` bounds the requests in flight (running plus waiting; more than one turns
+    batching on); ``prompt_cache_bytes`` the KV caches kept for reuse (0 turns reuse off);
+    ``engine.prompt_cache`` is the live store (``clear()``); ``stats()`` what the engine did.
     """
 
     def __init__(
@@ -212,20 +61,20 @@ class Engine:
         loaded: LoadedModel,
         queue_limit: int = 1,
         *,
-        prompt_cache_bytes: int | None = None,
+        prompt_cache_bytes: int = DEFAULT_MAX_BYTES,
         prompt_cache_entries: int = DEFAULT_MAX_ENTRIES,
     ) -> None:
         self.loaded = loaded
         self.queue_limit = queue_limit
-        if prompt_cache_bytes is None:
-            prompt_cache_bytes = _env_int("LIB_MLX_PROMPT_CACHE_BYTES", DEFAULT_MAX_BYTES)
         self.prompt_cache = PromptCache(prompt_cache_bytes, prompt_cache_entries)
+        self._stats = StatsRecorder()
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
         self._arrivals_changed = threading.Condition(self._lock)
         self._announced = 0  # open ``Arrival``s
         self._active: set[Generation] = set()
         self._closed = False
+        self._ctx = RunContext(loaded, self.prompt_cache, self._stats, self._free_slot)
         _materialize(loaded.model)
         self._thread = threading.Thread(target=self._run, name=f"lib_mlx-engine-{loaded.model_id}", daemon=True)
         self._thread.start()
@@ -237,6 +86,23 @@ class Engine:
         with self._lock:
             return len(self._active)
 
+    @property
+    def announced(self) -> int:
+        """Requests announced (``announce``) that have not reached ``submit`` yet."""
+        with self._lock:
+            return self._announced
+
+    def stats(self) -> EngineStats:
+        """A snapshot of what the engine has done, and of its queue now."""
+        with self._lock:
+            now = {
+                "queue_limit": self.queue_limit,
+                "in_flight": len(self._active),
+                "waiting": self._jobs.qsize(),
+                "announced": self._announced,
+            }
+        return self._stats.snapshot(cache=self.prompt_cache.stats, **now)
+
     def announce(self) -> Arrival | None:
         """Say that a request is on its way (its prompt is rendering): a request that reaches
         the worker meanwhile waits for it (at most ``ARRIVAL_WAIT``) so that the two prefill
@@ -247,7 +113,7 @@ class Engine:
             if self._closed:
                 return None
             self._announced += 1
-        return Arrival(self)
+        return Arrival(self._arrived)
 
     def _arrived(self, arrival: Arrival) -> None:
         with self._lock:
@@ -275,9 +141,11 @@ class Engine:
             if self._closed:
                 raise CancelledError("the model is unloading")
             if len(self._active) >= self.queue_limit:
+                self._stats.count("rejected")
                 raise QueueFullError()
             self._active.add(generation)
             self._jobs.put(Job(prompt, params, generation))  # queued before the worker wakes
+        self._stats.count("requests")
         return generation
 
     def cancel_all(self) -> None:
@@ -300,23 +168,24 @@ class Engine:
     # worker ----------------------------------------------------------------------------
     def _run(self) -> None:
         backlog: collections.deque[Job | None] = collections.deque()
+        ctx, jobs = self._ctx, self._jobs
         # On Apple silicon keep the model wired in memory while this worker lives, as
         # mlx_lm.stream_generate does around each generation (no-op elsewhere).
         old_wired_limit = _wire_model()
         try:
             while True:
-                job = backlog.popleft() if backlog else self._jobs.get()
+                job = backlog.popleft() if backlog else jobs.get()
                 if job is None:
                     return
                 if not self._batching(job):
-                    self._run_one(job)
+                    single.run(ctx, job)
                     continue
                 self._await_announced()
                 first: Job | Handoff | None = job
-                if self._jobs.empty() and self._always_trimmable():
-                    first = self._run_one(job, may_hand_off=True)  # alone, until company comes
+                if jobs.empty() and ctx.always_trimmable:
+                    first = single.run(ctx, job, still_alone=jobs.empty)  # alone, until company comes
                 if first is not None:
-                    backlog.extend(BatchRunner(self).run(first))
+                    backlog.extend(BatchRunner(ctx, jobs, self.queue_limit).run(first))
                 # Hold nothing of a finished request while waiting for the next one: a handed-over
                 # request's own KV cache would otherwise stay alive until then.
                 job = first = None
@@ -333,141 +202,13 @@ class Engine:
 
     def _batching(self, job: Job) -> bool:
         """Batch when more than one request may be in flight and both model and prompt allow."""
-        return self.queue_limit > 1 and self._batchable_model() and self.batchable(job)
+        return self.queue_limit > 1 and self._ctx.batchable_model and job.batchable
 
-    @functools.cached_property
-    def _model_caches(self) -> list[Any]:
-        """A fresh cache of the model's kind, to read its layer types from (built once)."""
-        from mlx_lm.models.cache import make_prompt_cache
-
-        return make_prompt_cache(self.loaded.model)
-
-    def _batchable_model(self) -> bool:
-        cache = self._model_caches
-        return self.loaded.vlm is None and bool(cache) and all(hasattr(c, "merge") for c in cache)
-
-    def _always_trimmable(self) -> bool:
-        """Whether every layer's cache can always be trimmed (plain KV caches), which moving a
-        running request into a batch needs."""
-        return not needs_checkpoints(self._model_caches)
-
-    @functools.cached_property
-    def _tails(self) -> list[tuple[int, ...]]:
-        return generation_prompt_tails(self.loaded.tokenizer)
-
-    @staticmethod
-    def batchable(job: Job) -> bool:
-        return not getattr(job.prompt, "media", None)
-
-    def checkpoint_at(self, tokens: list[int], reused: int) -> int | None:
-        """Where to keep a checkpoint of this prompt's cache, if anywhere: at the end of the
-        conversation, before the assistant's opening (``prompt_cache.history_end``), for models
-        whose caches cannot be trimmed back there once generation has run
-        (``prompt_cache.needs_checkpoints``); trimmable caches get the same from the final entry."""
-        if not self.prompt_cache.enabled or self._always_trimmable():
-            return None
-        at = history_end(tokens, self._tails)
-        return at if at > reused else None
-
-    def sampler(self, params: SamplingParams) -> Callable[..., Any]:
-        loaded = self.loaded
-        return make_request_sampler(params, loaded.generation_defaults, adjust_top_k=lambda k: _top_k(loaded, k))
-
-    def finish_job(self, job: Job) -> None:
+    def _free_slot(self, job: Job) -> None:
         """Free the request's queue slot (idempotent); done before its last event goes out."""
         job.generation.finished.set()
         with self._lock:
             self._active.discard(job.generation)
-
-    def _run_one(self, job: Job, *, may_hand_off: bool = False) -> Handoff | None:
-        handoff = None
-        try:
-            if job.generation.cancelled:
-                self.finish_job(job)
-                job.generation._deliver([Done("cancelled", Usage(len(job.prompt.tokens)))])
-            else:
-                handoff = self._generate(job, may_hand_off=may_hand_off)
-        except BaseException as exc:  # noqa: BLE001 - the worker must survive anything
-            self.finish_job(job)
-            job.generation._deliver([Failed(_classify(exc))])
-            log.exception("generation failed")
-            _recover_after_failure()
-        finally:
-            if handoff is None:
-                self.finish_job(job)
-        return handoff
-
-    def _generate(self, job: Job, *, may_hand_off: bool = False) -> Handoff | None:
-        """One request alone, through ``mlx_lm.generate_step``. With ``may_hand_off``, stops
-        when another request is waiting and returns the ``Handoff`` that moves this one into a
-        batch (None when it ran to its end here)."""
-        import mlx.core as mx
-        from mlx_lm.generate import generate_step
-        from mlx_lm.models.cache import make_prompt_cache
-
-        loaded, params = self.loaded, job.params
-        inputs = prompt_inputs(loaded, job.prompt)
-        tokens = inputs.tokens
-        n_prompt = len(tokens)
-        store = self.prompt_cache if (inputs.cacheable and self.prompt_cache.enabled) else None
-        hit = store.fetch(tokens) if store is not None else None
-        cache = hit.cache if hit is not None else make_prompt_cache(loaded.model)
-        reused = hit.reused if hit is not None else 0
-        if hit is not None:
-            reserve(cache, n_prompt - reused)
-        stream = RequestStream(job, loaded, n_prompt=n_prompt, cached_tokens=reused, release=self.finish_job)
-
-        start = reused  # generate_step gets tokens[start:] with the cache holding the rest
-        if store is not None and (at := self.checkpoint_at(tokens, reused)) is not None:
-            _prefill(loaded.model, tokens[reused:at], cache)
-            store.insert(tokens[:at], cache, snapshot=True)
-            start = at
-
-        max_tokens = max_new_tokens(loaded, n_prompt, params.max_tokens)
-        sampler = self.sampler(params)
-        if start > reused:  # a checkpoint took the history: the tail needs one pass, not two
-            steps = _steps_after_checkpoint(loaded.model, tokens, start, cache, sampler, stream.processors, max_tokens)
-        else:
-            steps = generate_step(
-                mx.array(tokens[start:]),
-                loaded.model,
-                max_tokens=max_tokens,
-                sampler=sampler,
-                logits_processors=with_prefix(stream.processors, tokens[:start]),
-                prompt_cache=cache,
-                **inputs.step_kwargs,
-            )
-        fed: list[int] = []  # every token the model has taken in after the prompt
-        reason = "length"
-        alone = self._jobs.empty if may_hand_off and not inputs.step_kwargs else None
-        try:
-            add = stream.add
-            for token, logprobs in steps:
-                fed.append(token)
-                finished = add(token, logprobs)
-                if finished is not None:
-                    reason = finished
-                    break
-                if alone is not None and not alone() and len(fed) < max_tokens:
-                    if cache_length(cache) == len(tokens) + len(fed):
-                        reason = "handoff"
-                        break
-        finally:
-            steps.close()
-        if reason == "handoff":
-            # generate_step's look-ahead step already fed the last token and sampled the next:
-            # take that token back out of the cache (and its draw out of a seeded sampler); the
-            # batch feeds it again.
-            from mlx_lm.models.cache import trim_prompt_cache
-
-            trim_prompt_cache(cache, 1)
-            log.debug("generation %d moves into a batch after %d tokens", job.generation.id, len(fed))
-            if isinstance(sampler, SeededSampler):
-                sampler.rewind()
-            return Handoff(job, stream, cache, tokens + fed[:-1], fed[-1], max_tokens - len(fed), sampler)
-        stream.finish(reason)
-        if store is not None:
-            store.insert(tokens + fed, cache)
 
 
 def _wait_for_os_thread(native_id: int | None, limit: float = 1.0) -> None:
@@ -509,68 +250,6 @@ def _unwire(old_limit: int | None) -> None:
         log.debug("could not restore the wired limit", exc_info=True)
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    try:
-        return int(value) if value else default
-    except ValueError:
-        log.warning("ignoring %s=%r: not an integer", name, value)
-        return default
-
-
-def _prefill(model: Any, tokens: list[int], cache: list[Any], step: int = 2048) -> None:
-    """Run ``tokens`` into ``cache`` as ``generate_step``'s own prefill does (same stream,
-    same chunking)."""
-    import mlx.core as mx
-    from mlx_lm.generate import generation_stream
-
-    with mx.stream(generation_stream):
-        for start in range(0, len(tokens), step):
-            model(mx.array(tokens[start : start + step])[None], cache=cache)
-            mx.eval([c.state for c in cache])
-    mx.clear_cache()
-
-
-def _steps_after_checkpoint(
-    model: Any,
-    tokens: list[int],
-    start: int,
-    cache: list[Any],
-    sampler: Callable[..., Any],
-    processors: tuple[Callable[..., Any], ...],
-    max_tokens: int,
-) -> Iterator[tuple[int, Any]]:
-    """``generate_step``'s tokens for a prompt whose head ``tokens[:start]`` the cache already
-    holds (a checkpoint was just taken there). ``generate_step`` would run the tail (the
-    assistant's opening, a few tokens) in two forward passes, all but its last token and then
-    the last; this samples the first token from one pass over the whole tail, exactly as
-    ``generate_step``'s own step does, and lets ``generate_step`` go on from that token. The
-    checkpoint then costs a reused turn no extra pass over a fresh prompt (a forward pass has a
-    fixed cost of several ms on a GPU, whatever its length)."""
-    import mlx.core as mx
-    from mlx_lm.generate import generate_step, generation_stream
-
-    tail = mx.array(tokens[start:])
-    with mx.stream(generation_stream):
-        logits = model(tail[None], cache=cache)[:, -1, :]
-        for processor in with_prefix(processors, tokens[:start]) or ():
-            logits = processor(tail, logits)
-        logprobs = logits - mx.logsumexp(logits, keepdims=True)
-        first = sampler(logprobs)
-        mx.eval(first)
-    token = int(first.item())
-    yield token, logprobs.squeeze(0)
-    if max_tokens > 1:
-        yield from generate_step(
-            mx.array([token]),
-            model,
-            max_tokens=max_tokens - 1,
-            sampler=sampler,
-            logits_processors=with_prefix(processors, tokens),
-            prompt_cache=cache,
-        )
-
-
 def _materialize(model: Any) -> None:
     """Evaluate the model's private arrays (RoPE frequency tables and the like) on this thread.
 
@@ -593,65 +272,5 @@ def _materialize(model: Any) -> None:
         mx.eval(arrays)
 
 
-def max_new_tokens(loaded: LoadedModel, n_prompt: int, requested: int | None) -> int:
-    """The request's budget, clamped to what the context has left."""
-    room = max(loaded.context_length - n_prompt, 1)
-    return room if requested is None else max(1, min(requested, room))
 
-
-def _top_k(loaded: LoadedModel, top_k: int) -> int:
-    """mlx-lm refuses a ``top_k`` that is not below the vocabulary size (a ValueError inside the
-    compiled sampler); keeping every token is no top-k at all."""
-    config = loaded.config or {}
-    vocab = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size") or 0
-    top_k = int(top_k)
-    return 0 if isinstance(vocab, int) and 0 < vocab <= top_k else top_k
-
-
-# MLX has no exception type for a failed allocation: its allocators throw std::runtime_error
-# (RuntimeError here) -- "[malloc] Unable to allocate N bytes.", "[metal::malloc] Attempting to
-# allocate N bytes which is greater than the maximum allowed buffer size", CUDA's "out of
-# memory" -- so the message is the only signal there is. (On the Linux CPU backend of MLX 0.32
-# a failed allocation is not reported at all: the process segfaults in the kernel that writes
-# to the buffer. Nothing in Python can catch that.)
-_OOM_MARKERS = ("[malloc]", "::malloc]", "unable to allocate", "attempting to allocate", "out of memory", "outofmemory")
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and any(marker in text for marker in _OOM_MARKERS)
-
-
-def _classify(exc: BaseException) -> LibMlxError:
-    if isinstance(exc, LibMlxError):
-        return exc
-    if _is_out_of_memory(exc):
-        return OutOfMemoryError(f"the model ran out of memory: {exc}")
-    return GenerationError(f"generation failed: {type(exc).__name__}: {exc}")
-
-
-def _recover_after_failure() -> None:
-    """Leave MLX usable for the next request after one failed.
-
-    mlx-lm's samplers are ``mx.compile``d over ``mx.random.state``; an exception thrown while one
-    is traced leaves that global state holding a placeholder array, and every later sampled
-    generation fails ("[eval] Attempting to eval an array without a primitive") -- a dead
-    worker behind a live socket. Reseed it. Then hand the buffer cache back, so that the next
-    request after an out-of-memory error can allocate."""
-    import os
-
-    import mlx.core as mx
-
-    try:
-        try:
-            mx.eval(mx.random.state)
-        except Exception:  # noqa: BLE001 - any failure means the state is unusable
-            mx.random.seed(int.from_bytes(os.urandom(8), "little"))
-        mx.clear_cache()
-    except Exception:  # noqa: BLE001 - recovery must never take the worker down
-        log.exception("could not reset MLX state after a failed generation")
-
-
-__all__ = ["Arrival", "Engine", "Generation", "SamplingParams", "max_new_tokens"]
+__all__ = ["ARRIVAL_WAIT", "Engine"]

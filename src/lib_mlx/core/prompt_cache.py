@@ -30,7 +30,9 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_MAX_BYTES = 1 << 30
+from ..config import DEFAULT_PROMPT_CACHE_BYTES
+
+DEFAULT_MAX_BYTES = DEFAULT_PROMPT_CACHE_BYTES
 DEFAULT_MAX_ENTRIES = 16
 
 

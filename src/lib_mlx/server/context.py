@@ -21,7 +21,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import MlxServerConfig
-from ..core import Arrival, Generation, MlxCore, RenderedPrompt, SamplingParams
+from ..core import Arrival, Generation, InferenceCore, RenderedPrompt, SamplingParams
 from ..errors import (
     ContextLengthExceededError,
     InvalidJsonError,
@@ -38,7 +38,7 @@ log = logging.getLogger("lib_mlx.server")
 
 @dataclass
 class ServerContext:
-    core: MlxCore
+    core: InferenceCore  # the one door into core; nothing here knows the engine behind it
     settings: MlxServerConfig
     model_id: str
     api_key: str | None

@@ -10,7 +10,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..errors import InvalidRequestError, LibMlxError, NotFoundError, from_exception
+from ..core.failures import classify
+from ..errors import InvalidRequestError, LibMlxError, NotFoundError
 
 log = logging.getLogger("lib_mlx.server")
 
@@ -87,4 +88,4 @@ async def handle_http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s", request.url.path)
-    return error_response(from_exception(exc))
+    return error_response(classify(exc))

@@ -17,7 +17,7 @@ import threading
 import uvicorn
 
 from ..config import MlxServerConfig, ServerInfo
-from ..core import MlxCore
+from ..core import InferenceCore
 from ..errors import InvalidConfigError, PortInUseError, ServerStartError
 from .app import build_app
 from .context import ServerContext
@@ -55,7 +55,7 @@ def _url_host(host: str) -> str:
 class ServerHandle:
     """One running HTTP server bound to one loaded model."""
 
-    def __init__(self, core: MlxCore, settings: MlxServerConfig) -> None:
+    def __init__(self, core: InferenceCore, settings: MlxServerConfig) -> None:
         self.settings = settings
         self.api_key = None if settings.auth == "none" else (settings.api_key or secrets.token_urlsafe(24))
         self.model_id = settings.model_id or core.model_id

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core import InferenceCore
 from ..core.vlm.inputs import AudioClip
 from ..errors import InvalidRequestError, PayloadTooLargeError
 
@@ -280,17 +281,6 @@ def _decode_wav_stdlib(data: bytes) -> tuple[np.ndarray, int]:
 # --- messages ----------------------------------------------------------------------------------
 
 
-def has_media(messages: list[dict[str, Any]]) -> bool:
-    return any(
-        isinstance(part, dict) and part.get("type") in _MEDIA_TYPES
-        for message in messages
-        if isinstance(message.get("content"), list)
-        for part in message["content"]
-    )
-
-
-_MEDIA_TYPES = frozenset({"image_url", "input_image", "input_audio", "audio_url"})
-
 
 def _image_url_of(part: dict[str, Any]) -> str | None:
     value = part.get("image_url")
@@ -382,9 +372,8 @@ def media_limits(settings: Any) -> MediaLimits:
     return MediaLimits(max_part_bytes=min(part, total), max_total_bytes=total)
 
 
-def accepted_media(core: Any) -> frozenset[str]:
-    loaded = getattr(core, "loaded", None)
-    return frozenset(getattr(loaded, "capabilities", None) or ())
+def accepted_media(core: InferenceCore) -> frozenset[str]:
+    return core.capabilities.media
 
 
 def _media_kinds(messages: list[dict[str, Any]]) -> set[str]:
@@ -435,7 +424,6 @@ __all__ = [
     "decode_messages",
     "accepted_media",
     "decode_prompt_media",
-    "has_media",
     "media_limits",
     "load_source",
     "parse_data_url",

@@ -26,4 +26,4 @@ async def health(request: Request) -> JSONResponse:
     ctx: ServerContext = request.app.state.ctx
     if not ctx.ready:
         return error_response(NotReadyError("the model is not ready"))
-    return JSONResponse({"status": "ok", "model": ctx.model_id, "in_flight": ctx.core.engine.in_flight})
+    return JSONResponse({"status": "ok", "model": ctx.model_id, "in_flight": ctx.core.in_flight})

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .context import ServerContext
+from .media import accepted_media
 
 CONTENT_SECURITY_POLICY = "; ".join(
     [
@@ -69,23 +70,21 @@ def _file_endpoint(name: str, media_type: str):
 
 def media_capabilities(ctx: ServerContext) -> list[str]:
     """The media kinds ("image", "audio") this server's model accepts (multipart uploads):
-    the loaded model's ``capabilities``, as the media layer reads them (``accepted_media``)."""
-    capabilities = getattr(getattr(ctx.core, "loaded", None), "capabilities", None) or ()
-    return sorted(kind for kind in capabilities if kind in ("image", "audio"))
+    the core's ``capabilities``, as the media layer reads them (``accepted_media``)."""
+    return sorted(kind for kind in accepted_media(ctx.core) if kind in ("image", "audio"))
 
 
 def page_config(ctx: ServerContext) -> dict[str, Any]:
     """What the page needs before its first request; nothing secret (``/health`` already
     names the model)."""
-    loaded = ctx.core.loaded
-    spec = getattr(loaded, "parser_spec", None)
+    capabilities = ctx.core.capabilities
     return {
         "model": ctx.model_id,
         "auth": ctx.api_key is not None,
         "media": media_capabilities(ctx),
         "thinking": {
-            "supported": bool(spec is not None and spec.think_start),
-            "default": bool(getattr(loaded, "thinking_enabled", True)),
+            "supported": capabilities.thinking,
+            "default": capabilities.thinking_default,
         },
     }
 

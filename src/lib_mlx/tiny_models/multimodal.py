@@ -14,7 +14,7 @@ With ``answer`` (and optionally ``reasoning``) the weights are scripted so that 
 emits exactly ``<|channel>thought\n{reasoning}<channel|>{answer}<turn|>`` after a thinking
 prompt, and ``{answer}<turn|>`` after a non-thinking one (whose prompt already ends in the empty
 thought channel). mlx-vlm's Gemma 4 ties its output head to the input embeddings, so the
-untied-head trick of NOTES.md does not apply; instead every layer's output projections are
+untied-head trick of ``tiny_models._weights`` does not apply; instead every layer's output projections are
 zeroed (the next token depends on the current one only) and the chain is encoded in the
 embeddings and the final norm: with ``E`` the embedding rows of the chain's tokens and ``w``
 the final norm's weight, the logits after token ``a`` are ``E diag(w) E[a]`` up to a positive

@@ -11,7 +11,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ...core import ChatPrompt, Generation, SamplingParams
 from ...core.events import Done, Failed
-from ...errors import CancelledError, from_exception
+from ...core.failures import classify
+from ...errors import CancelledError
 from .. import sse
 from ..context import ServerContext
 from ..media import decode_prompt_media
@@ -98,5 +99,5 @@ async def stream_chat(ctx: ServerContext, generation: Generation, encoder: ChatC
                     yield sse.frame(chunk)
     except Exception as exc:  # noqa: BLE001 - a bug here must still end the stream properly
         log.exception("chat stream failed")
-        yield sse.frame(from_exception(exc).to_openai())
+        yield sse.frame(classify(exc).to_openai())
     yield sse.DONE

@@ -1,0 +1,192 @@
+"""The one door into core: what the runtime and the server may call.
+
+``InferenceCore`` is the contract, a ``typing.Protocol``: the HTTP layer is typed against it
+(``server.context.ServerContext.core``), so it can be driven by a small in-memory core in tests
+and the engine can change behind it. ``MlxCore`` is the real one: a loaded model and the engine
+that generates with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from ..config import MlxModelConfig
+from .engine import Engine
+from .loader import LoadedModel, load
+from .prompt import ChatPrompt, RenderedPrompt, render
+from .request import Arrival, Generation, SamplingParams
+from .stats import EngineStats
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the loaded model can take and do, for the server to honour or refuse by name."""
+
+    media: frozenset[str] = frozenset()  # a subset of {"image", "audio"}
+    thinking: bool = False  # the model has reasoning markers (its family's parser knows them)
+    thinking_default: bool = True  # whether a request that says nothing thinks
+
+
+@runtime_checkable
+class InferenceCore(Protocol):
+    """What the server and the runtime need of a loaded model."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def context_length(self) -> int: ...
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    @property
+    def in_flight(self) -> int:
+        """Requests running plus waiting."""
+        ...
+
+    @property
+    def queue_limit(self) -> int:
+        """The most requests in flight; more are refused (``QueueFullError``)."""
+        ...
+
+    @queue_limit.setter
+    def queue_limit(self, value: int) -> None: ...
+
+    def render(self, prompt: ChatPrompt) -> RenderedPrompt:
+        """Messages -> tokens through the model's chat template (thread-safe; may be slow)."""
+        ...
+
+    def check(self, prompt: RenderedPrompt, params: SamplingParams) -> None:
+        """Refuse (``InvalidRequestError`` naming the field) what the request's logits
+        processors cannot apply -- a schema the grammar engine cannot enforce, a ``logit_bias``
+        id outside the vocabulary -- before it is queued. Compiles its grammar (cached); the
+        first grammar of a large vocabulary takes a while: call it off the event loop."""
+        ...
+
+    def announce(self) -> Arrival | None:
+        """A request is on its way (its prompt renders); pass the result to ``submit``."""
+        ...
+
+    def submit(
+        self,
+        prompt: RenderedPrompt,
+        params: SamplingParams,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        arrival: Arrival | None = None,
+    ) -> Generation:
+        """Queue a generation; its events arrive through the returned handle (on ``loop`` when
+        given, else for synchronous iteration). Raises ``QueueFullError`` / ``CancelledError``."""
+        ...
+
+    def cancel_all(self) -> None: ...
+
+    def status(self) -> dict[str, Any]:
+        """The model's part of ``server_status``: ``{"model": {...}, "multimodal": ...}``."""
+        ...
+
+    def stats(self) -> EngineStats: ...
+
+
+class MlxCore:
+    """One loaded model and the worker that generates with it (the real ``InferenceCore``)."""
+
+    def __init__(self, loaded: LoadedModel, queue_limit: int = 1, *, prompt_cache_bytes: int | None = None) -> None:
+        self.loaded = loaded
+        kwargs = {} if prompt_cache_bytes is None else {"prompt_cache_bytes": prompt_cache_bytes}
+        self._engine = Engine(loaded, queue_limit=queue_limit, **kwargs)
+
+    @classmethod
+    def load(cls, config: MlxModelConfig, queue_limit: int = 1) -> "MlxCore":
+        return cls(load(config), queue_limit, prompt_cache_bytes=config.prompt_cache_bytes)
+
+    # what the model is -----------------------------------------------------------------
+    @property
+    def model_id(self) -> str:
+        return self.loaded.model_id
+
+    @property
+    def context_length(self) -> int:
+        return self.loaded.context_length
+
+    @property
+    def capabilities(self) -> Capabilities:
+        loaded = self.loaded
+        return Capabilities(
+            media=loaded.capabilities,
+            thinking=bool(loaded.parser_spec.think_start),
+            thinking_default=loaded.thinking_enabled,
+        )
+
+    def status(self) -> dict[str, Any]:
+        loaded = self.loaded
+        return {
+            "model": {
+                "status": "ready",
+                "model_id": loaded.model_id,
+                "model_path": str(loaded.model_path),
+                "model_type": loaded.model_type,
+                "context_length": loaded.context_length,
+                "thinking_enabled": loaded.thinking_enabled,
+            },
+            # Vision/audio towers: which are resident and the bytes they take (null for a
+            # text-only model).
+            "multimodal": loaded.vlm.status() if loaded.vlm is not None else None,
+        }
+
+    # the queue -------------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        return self._engine.in_flight
+
+    @property
+    def queue_limit(self) -> int:
+        return self._engine.queue_limit
+
+    @queue_limit.setter
+    def queue_limit(self, value: int) -> None:
+        self._engine.queue_limit = int(value)
+
+    def stats(self) -> EngineStats:
+        return self._engine.stats()
+
+    def clear_prompt_cache(self) -> None:
+        """Drop every kept KV cache (the next request of a conversation prefills it all).
+        Call with nothing in flight: the store belongs to the worker."""
+        self._engine.prompt_cache.clear()
+
+    # requests --------------------------------------------------------------------------
+    def render(self, prompt: ChatPrompt) -> RenderedPrompt:
+        return render(self.loaded, prompt)
+
+    def check(self, prompt: RenderedPrompt, params: SamplingParams) -> None:
+        from .processors import check_request
+
+        check_request(self.loaded, prompt, params)
+
+    def announce(self) -> Arrival | None:
+        """A request is on its way (see ``Engine.announce``); pass the result to ``submit``."""
+        return self._engine.announce()
+
+    def submit(
+        self,
+        prompt: RenderedPrompt,
+        params: SamplingParams,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        arrival: Arrival | None = None,
+    ) -> Generation:
+        return self._engine.submit(prompt, params, loop=loop, arrival=arrival)
+
+    def cancel_all(self) -> None:
+        self._engine.cancel_all()
+
+    def close(self) -> None:
+        self._engine.close()
+        self.loaded = None  # type: ignore[assignment]
+
+
+__all__ = ["Capabilities", "InferenceCore", "MlxCore"]
