@@ -45,9 +45,28 @@ class LibMlxError(Exception):
             }
         }
 
+    def to_anthropic(self) -> dict[str, Any]:
+        """Anthropic's wire shape: ``{"type": "error", "error": {"type", "message"}}``, its
+        ``type`` chosen by the HTTP status as Anthropic's API does."""
+        return {"type": "error", "error": {"type": ANTHROPIC_TYPES.get(self.status, "api_error"), "message": self.message}}
+
     def to_abi(self) -> dict[str, Any]:
         """The lifecycle ABI shape: ``{"ok": false, "error": {"code", "message"}}``."""
         return {"ok": False, "error": {"code": self.code, "message": self.message}}
+
+
+# Anthropic's error types by HTTP status (``LibMlxError.to_anthropic``).
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
 
 
 # --- request / config problems (400) -------------------------------------------------------

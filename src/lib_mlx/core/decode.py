@@ -142,7 +142,7 @@ class RequestStream:
             reasoning_tokens=self.reasoning_tokens,
             cached_tokens=self.cached_tokens,
         )
-        done = Done(reason, usage, timings)
+        done = Done(reason, usage, timings, self.stops.matched)
         pending.append(done)
         if self.release is not None:
             self.release(self.job, done)

@@ -75,11 +75,12 @@ class Timings:
 @dataclass(frozen=True, slots=True)
 class Done:
     """The generation ended. ``finish_reason``: ``stop``, ``length``, ``tool_calls`` or
-    ``cancelled``."""
+    ``cancelled``. ``stop_sequence``: the request's stop string that ended it, if one did."""
 
     finish_reason: str
     usage: Usage
     timings: Timings = field(default_factory=Timings)
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

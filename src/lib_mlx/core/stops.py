@@ -15,6 +15,7 @@ class StopMatcher:
         self._stops = tuple(s for s in stops if s)
         self._held = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the answer
 
     def _longest_partial(self, text: str) -> int:
         """Length of the longest suffix of ``text`` that is a proper prefix of a stop string."""
@@ -36,8 +37,9 @@ class StopMatcher:
                 out.append(event)
                 continue
             text = self._held + event.text
-            cut = min((i for i in (text.find(s) for s in self._stops) if i >= 0), default=-1)
-            if cut >= 0:
+            found = [(i, s) for s in self._stops if (i := text.find(s)) >= 0]
+            if found:
+                cut, self.matched = min(found, key=lambda f: f[0])
                 self._held = ""
                 self.stopped = True
                 if cut:

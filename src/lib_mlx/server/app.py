@@ -14,6 +14,7 @@ from ..errors import LibMlxError
 from .chat.serving import create_chat_completion
 from .context import DisconnectMiddleware, ServerContext
 from .errors import handle_http_error, handle_lib_error, handle_unexpected
+from .messages import count_tokens, create_message
 from .models import health, list_models
 from .page import page_routes
 from .responses import ResponseStore, create_response, delete_response, get_response
@@ -26,6 +27,8 @@ def build_app(ctx: ServerContext, *, port: int) -> Starlette:
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/chat/completions", create_chat_completion, methods=["POST"]),
         Route("/v1/responses", create_response, methods=["POST"]),
+        Route("/v1/messages", create_message, methods=["POST"]),
+        Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
         Route("/v1/responses/{response_id}", get_response, methods=["GET"]),
         Route("/v1/responses/{response_id}", delete_response, methods=["DELETE"]),
     ]
@@ -44,7 +47,7 @@ def build_app(ctx: ServerContext, *, port: int) -> Starlette:
                 CORSMiddleware,
                 allow_origins=list(ctx.settings.allowed_origins),
                 allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-                allow_headers=["Authorization", "Content-Type"],
+                allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version", "anthropic-beta"],
             ),
         )
     app = Starlette(

@@ -1,7 +1,8 @@
 """Access control for a loopback server: a bearer token and a Host allow-list.
 
 A localhost port is reachable by every process on the device and, through DNS rebinding, by web
-pages; so every ``/v1/*`` request must carry the server's token, and every request must name the
+pages; so every ``/v1/*`` request must carry the server's token (``Authorization: Bearer`` or
+Anthropic's ``x-api-key``), and every request must name the
 bound address or ``localhost`` in its ``Host`` header. A server bound to every interface
 (``0.0.0.0``/``::``) also accepts any IP address as ``Host``: a rebinding page always sends the
 DNS name it was loaded from, never a bare address. Request bodies are capped at
@@ -19,6 +20,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import AuthenticationError, ForbiddenError, LibMlxError, PayloadTooLargeError
+from .errors import error_response
 
 
 def allowed_hosts(bound_host: str, port: int) -> frozenset[str]:
@@ -48,8 +50,8 @@ def _is_ip_address(host: str) -> bool:
     return True
 
 
-def _refuse(error: LibMlxError) -> JSONResponse:
-    return JSONResponse(error.to_openai(), status_code=error.status, headers=error.headers or None)
+def _refuse(error: LibMlxError, scope: Scope) -> JSONResponse:
+    return error_response(error, scope.get("path", ""))
 
 
 def body_too_large(limit: int) -> PayloadTooLargeError:
@@ -75,7 +77,7 @@ class BodyLimitMiddleware:
             return
         declared = Headers(scope=scope).get("content-length", "").strip()
         if declared.isdigit() and int(declared) > self.limit:
-            await _refuse(body_too_large(self.limit))(scope, receive, send)
+            await _refuse(body_too_large(self.limit), scope)(scope, receive, send)
             return
         received = 0
 
@@ -106,7 +108,7 @@ class AccessMiddleware:
         headers = Headers(scope=scope)
         error = self._check(scope, headers)
         if error is not None:
-            await _refuse(error)(scope, receive, send)
+            await _refuse(error, scope)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -119,11 +121,20 @@ class AccessMiddleware:
             return None
         if scope.get("method") == "OPTIONS":
             return None  # CORS preflight carries no credentials
-        auth = headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key):
+        if not self._authorized(headers):
             return AuthenticationError(
-                "Missing or invalid API key: send 'Authorization: Bearer <api_key>' as returned by start_server",
+                "Missing or invalid API key: send 'Authorization: Bearer <api_key>' (or 'x-api-key: <api_key>')"
+                " as returned by start_server",
                 headers={"WWW-Authenticate": "Bearer"},
             )
         return None
+
+    def _authorized(self, headers: Headers) -> bool:
+        """The token as ``Authorization: Bearer`` (OpenAI's clients) or ``x-api-key``
+        (Anthropic's); either one that matches will do."""
+        assert self.api_key is not None
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.api_key):
+            return True
+        key = headers.get("x-api-key")
+        return key is not None and hmac.compare_digest(key.strip().encode(), self.api_key)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+# No caching, and no buffering by a reverse proxy (nginx honours X-Accel-Buffering).
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 KEEPALIVE = b": keepalive\n\n"
 DONE = b"data: [DONE]\n\n"
 

@@ -9,12 +9,11 @@ prompt is clamped to that room -- the answer then ends with ``finish_reason: "le
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-log = logging.getLogger("lib_mlx.server")
+from .. import rules
 
 _LENIENT = ConfigDict(extra="allow", strict=True)
 
@@ -119,13 +118,6 @@ class ChatCompletionRequest(BaseModel):
     # Extension (vLLM's name): keep generating through end-of-sequence tokens up to max_tokens.
     ignore_eos: bool = False
 
-    @field_validator("n")
-    @classmethod
-    def _only_one_choice(cls, n: int | None) -> int | None:
-        if n not in (None, 1):
-            raise ValueError("only n=1 is supported")
-        return n
-
     @field_validator("seed")
     @classmethod
     def _seed_bits(cls, seed: int | None) -> int | None:
@@ -140,34 +132,18 @@ class ChatCompletionRequest(BaseModel):
 
     @model_validator(mode="after")
     def _tool_choice_needs_tools(self) -> "ChatCompletionRequest":
-        if isinstance(self.tool_choice, NamedToolChoice) or self.tool_choice == "required":
-            names = {t.function.name for t in self.tools or []}
-            if not names:
-                raise ValueError("tool_choice requires tools")
-            if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
-                raise ValueError(f"tool_choice names unknown function {self.tool_choice.function.name!r}")
-        if self.model_extra:
-            log.debug("ignoring unsupported chat fields: %s", sorted(self.model_extra))
+        named = self.tool_choice.function.name if isinstance(self.tool_choice, NamedToolChoice) else None
+        rules.check_tool_choice(
+            (t.function.name for t in self.tools or []), forced=self.tool_choice == "required", name=named
+        )
         return self
 
-    # derived values ---------------------------------------------------------------------
+    # derived values (the shared rules of ``server.rules``) --------------------------------
     def max_new_tokens(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens or self.max_output_tokens
+        return rules.budget(self.max_completion_tokens, self.max_tokens, self.max_output_tokens)
 
     def stop_list(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        return rules.stop_tuple(self.stop)
 
     def thinking_flag(self) -> bool | None:
-        """The request's thinking toggle: ``thinking``, then ``chat_template_kwargs``, then
-        ``reasoning_effort`` ("none" turns it off, any other effort on)."""
-        if self.thinking is not None:
-            return self.thinking
-        kwargs = self.chat_template_kwargs or {}
-        for key in ("enable_thinking", "thinking"):
-            if isinstance(kwargs.get(key), bool):
-                return kwargs[key]
-        if self.reasoning_effort is not None:
-            return self.reasoning_effort != "none"
-        return None
+        return rules.thinking_flag(self.thinking, self.chat_template_kwargs, self.reasoning_effort)

@@ -10,6 +10,7 @@ from typing import Any
 
 from ...core import ChatPrompt
 from ...errors import InvalidRequestError
+from .. import rules
 from .protocol import ResponsesRequest
 
 _TEXT_PARTS = ("input_text", "output_text", "text")
@@ -123,34 +124,23 @@ def with_instructions(instructions: str | None, messages: list[dict[str, Any]]) 
 
 def tools_to_chat(req: ResponsesRequest) -> list[dict[str, Any]] | None:
     """Flat Responses function tools -> chat ``{"type": "function", "function": {...}}``."""
-    if not req.tools:
-        return None
-    out = []
-    for tool in req.tools:
-        function: dict[str, Any] = {"name": tool.name}
-        if tool.description is not None:
-            function["description"] = tool.description
-        function["parameters"] = tool.parameters if tool.parameters is not None else {"type": "object", "properties": {}}
-        out.append({"type": "function", "function": function})
-    return out
+    return rules.chat_tools((t.name, t.description, t.parameters) for t in req.tools or [])
 
 
 def tool_choice_to_chat(req: ResponsesRequest) -> str | dict[str, Any] | None:
     choice = req.tool_choice
     if choice is None or isinstance(choice, str):
         return choice
-    return {"type": "function", "function": {"name": choice.name}}
+    return rules.named_tool_choice(choice.name)
 
 
 def to_chat_prompt(req: ResponsesRequest, items: list[dict[str, Any]]) -> ChatPrompt:
     """The whole conversation (earlier items + this request's input) as a core prompt."""
-    return ChatPrompt(
-        messages=with_instructions(req.instructions, items_to_messages(items)),
+    return rules.chat_prompt(
+        with_instructions(req.instructions, items_to_messages(items)),
         tools=tools_to_chat(req),
         tool_choice=tool_choice_to_chat(req),
         thinking=req.thinking_flag(),
-        parallel_tool_calls=req.parallel_tool_calls if req.parallel_tool_calls is not None else True,
-        template_kwargs={
-            k: v for k, v in (req.chat_template_kwargs or {}).items() if k not in ("enable_thinking", "thinking")
-        },
+        parallel_tool_calls=req.parallel_tool_calls,
+        kwargs=req.chat_template_kwargs,
     )

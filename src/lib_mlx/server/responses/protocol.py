@@ -6,16 +6,11 @@ Input items keep the Responses shapes (``message``, ``function_call``, ``functio
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Any, Literal
 
-import pydantic
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-from ...errors import InvalidRequestError
-from ..errors import param_of
-
-log = logging.getLogger("lib_mlx.server")
+from .. import rules
 
 _LENIENT = ConfigDict(extra="allow", strict=True)
 
@@ -189,23 +184,10 @@ class ResponsesRequest(BaseModel):
                     raise ValueError("metadata keys are at most 64 characters and values at most 512")
         return value
 
-    @field_validator("background")
-    @classmethod
-    def _no_background(cls, value: bool | None) -> bool | None:
-        if value:
-            raise ValueError("background responses are not supported")
-        return value
-
     @model_validator(mode="after")
     def _tool_choice_needs_tools(self) -> "ResponsesRequest":
-        if isinstance(self.tool_choice, NamedFunctionChoice) or self.tool_choice == "required":
-            names = {t.name for t in self.tools or []}
-            if not names:
-                raise ValueError("tool_choice requires tools")
-            if isinstance(self.tool_choice, NamedFunctionChoice) and self.tool_choice.name not in names:
-                raise ValueError(f"tool_choice names unknown function {self.tool_choice.name!r}")
-        if self.model_extra:
-            log.debug("ignoring unsupported responses fields: %s", sorted(self.model_extra))
+        named = self.tool_choice.name if isinstance(self.tool_choice, NamedFunctionChoice) else None
+        rules.check_tool_choice((t.name for t in self.tools or []), forced=self.tool_choice == "required", name=named)
         return self
 
     # derived values ---------------------------------------------------------------------
@@ -216,17 +198,8 @@ class ResponsesRequest(BaseModel):
         return [item.model_dump(exclude_none=True) for item in self.input]
 
     def thinking_flag(self) -> bool | None:
-        """``thinking``, then ``chat_template_kwargs``, then ``reasoning.effort`` ("none" turns
-        it off, any other effort on); ``None`` leaves the model's default."""
-        if self.thinking is not None:
-            return self.thinking
-        kwargs = self.chat_template_kwargs or {}
-        for key in ("enable_thinking", "thinking"):
-            if isinstance(kwargs.get(key), bool):
-                return kwargs[key]
-        if self.reasoning is not None and self.reasoning.effort is not None:
-            return self.reasoning.effort != "none"
-        return None
+        effort = self.reasoning.effort if self.reasoning is not None else None
+        return rules.thinking_flag(self.thinking, self.chat_template_kwargs, effort)
 
     def tool_choice_wire(self) -> str | dict[str, Any]:
         """``tool_choice`` as the Responses body echoes it."""
@@ -235,31 +208,7 @@ class ResponsesRequest(BaseModel):
         return self.tool_choice or "auto"
 
 
-def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Drop pydantic's union branch names (``str``, ``list[...]``, ``NamedFunctionChoice``, an
-    item's tag after its index) from an error location, keeping the request's own names."""
-    out: list[Any] = []
-    for i, part in enumerate(loc):
-        if isinstance(part, str):
-            after_index = i > 0 and isinstance(loc[i - 1], int)
-            if part in ("str", "int", "float", "bool") or "[" in part or part.startswith("function-") or part[:1].isupper():
-                continue
-            if after_index and part in _ITEM_TYPES:
-                continue
-        out.append(part)
-    return tuple(out)
-
-
 def parse_request(data: dict[str, Any]) -> ResponsesRequest:
     """Validate a request body; the most specific problem becomes a 400 naming its ``param``
     (``input[0].content``)."""
-    try:
-        return ResponsesRequest.model_validate(data)
-    except pydantic.ValidationError as exc:
-        errors = [
-            (_clean_loc(tuple(e.get("loc", ()))), str(e.get("msg") or "invalid request").removeprefix("Value error, "))
-            for e in exc.errors(include_url=False)
-        ]
-        loc, message = max(errors, key=lambda e: len(e[0]))  # the deepest; the first among equals
-        param = param_of(loc) or None
-        raise InvalidRequestError(f"{param}: {message}" if param else message, param=param) from None
+    return rules.parse(ResponsesRequest, data, api="responses", tags=_ITEM_TYPES)

@@ -8,26 +8,24 @@ SSE frames (``event: <type>`` + ``data:``) or the final response object.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
-from ...core import Generation, SamplingParams
-from ...core.events import Failed
-from ...errors import InvalidRequestError, NotFoundError
-from .. import sse
+from ...core import SamplingParams
+from ...core.events import Event
+from ...errors import LibMlxError, NotFoundError
+from .. import rules, sse
 from ..context import ServerContext
-from ..media import decode_prompt_media
 from ..multipart import read_payload
-from ..streaming import Keepalive, events_with_keepalive
+from ..streaming import run_to_end, sse_response, stream
 from .convert import to_chat_prompt
 from .encoder import ResponseEncoder, new_id
 from .protocol import ResponsesRequest, parse_request
 from .store import ResponseStore
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def store_of(request: Request) -> ResponseStore:
@@ -78,6 +76,35 @@ def response_skeleton(req: ResponsesRequest, model: str) -> dict[str, Any]:
     }
 
 
+@dataclass
+class ResponsesWire:
+    """Responses over SSE: ``event: <type>`` frames; a failure is ``response.failed``. The
+    response is stored (``finish``) before the client can read its terminal event."""
+
+    encoder: ResponseEncoder
+    finish: Callable[[], None]
+
+    def _framed(self, events: list[dict[str, Any]]) -> list[bytes]:
+        if self.encoder.finished:
+            self.finish()
+        return [sse.frame(event, event=event["type"]) for event in events]
+
+    def opening(self) -> Iterable[bytes]:
+        return self._framed(self.encoder.start())
+
+    def frames(self, event: Event) -> Iterable[bytes]:
+        return self._framed(self.encoder.encode(event))
+
+    def failure(self, error: LibMlxError) -> Iterable[bytes]:
+        return self._framed(self.encoder.fail(error))
+
+    def keepalive(self) -> bytes:
+        return sse.KEEPALIVE
+
+    def closing(self) -> Iterable[bytes]:
+        return ()
+
+
 async def create_response(request: Request) -> Response:
     ctx: ServerContext = request.app.state.ctx
     store = store_of(request)
@@ -93,15 +120,7 @@ async def create_response(request: Request) -> Response:
             )
         items = previous.conversation() + items
 
-    prompt = to_chat_prompt(req, items)
-    await decode_prompt_media(ctx, prompt, param_prefix="input")
-    try:
-        rendered = await ctx.render(prompt)
-        ctx.check_context(rendered)
-    except InvalidRequestError as exc:
-        if exc.param == "messages":  # the core speaks chat; here the conversation is ``input``
-            exc.param = "input"
-        raise
+    rendered = await rules.prepare(ctx, to_chat_prompt(req, items), param="input")
     generation = ctx.submit(rendered, to_sampling(req))
     encoder = ResponseEncoder(base=response_skeleton(req, req.model or ctx.model_id))
 
@@ -110,32 +129,10 @@ async def create_response(request: Request) -> Response:
             store.put(encoder.response, items)
 
     if req.stream:
-        return StreamingResponse(
-            stream_response(ctx, generation, encoder, finish), media_type="text/event-stream", headers=SSE_HEADERS
-        )
-    async for event in events_with_keepalive(ctx, generation):
-        if isinstance(event, Failed):
-            raise event.error
-        if not isinstance(event, Keepalive):
-            encoder.encode(event)
+        return sse_response(stream(ctx, generation, ResponsesWire(encoder, finish)))
+    await run_to_end(ctx, generation, encoder.encode)
     finish()
     return JSONResponse(encoder.response)
-
-
-async def stream_response(
-    ctx: ServerContext, generation: Generation, encoder: ResponseEncoder, finish: Any
-) -> AsyncIterator[bytes]:
-    for event in encoder.start():
-        yield sse.frame(event, event=event["type"])
-    async for item in events_with_keepalive(ctx, generation):
-        if isinstance(item, Keepalive):
-            yield sse.KEEPALIVE
-            continue
-        events = encoder.encode(item)
-        if encoder.finished:
-            finish()  # stored before the client can read the terminal event and continue
-        for event in events:
-            yield sse.frame(event, event=event["type"])
 
 
 async def get_response(request: Request) -> Response:
