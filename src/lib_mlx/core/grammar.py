@@ -37,9 +37,10 @@ from ..errors import InvalidRequestError
 
 log = logging.getLogger("lib_mlx.grammar")
 
-# Compact JSON: a model cannot wander off into whitespace (OpenAI's strict mode also emits no
-# free whitespace between tokens of the value).
-_JSON_OPTIONS = {"whitespace_flexible": False}
+# JSON as models write it -- compact, ``{"a": 1}``, or pretty-printed -- but with at most 16
+# whitespace characters between two tokens of the value, so that a model cannot wander off into
+# endless whitespace (llguidance's unbounded default lets a weak model fill its budget so).
+JSON_OPTIONS = {"whitespace_flexible": True, "whitespace_pattern": r"[ \t\r\n]{0,16}"}
 CACHE_SIZE = 128
 
 
@@ -70,9 +71,9 @@ class GrammarSpec:
         import llguidance
 
         if self.kind == "json_schema":
-            return llguidance.LLMatcher.grammar_from_json_schema(self.source, defaults=_JSON_OPTIONS)
+            return llguidance.LLMatcher.grammar_from_json_schema(self.source, defaults=JSON_OPTIONS)
         if self.kind == "json_object":
-            return llguidance.LLMatcher.grammar_from_json_schema({"type": "object"}, defaults=_JSON_OPTIONS)
+            return llguidance.LLMatcher.grammar_from_json_schema({"type": "object"}, defaults=JSON_OPTIONS)
         if self.kind == "lark":
             return llguidance.LLMatcher.grammar_from_lark(self.source)
         raise ValueError(f"unknown grammar kind {self.kind!r}")

@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .grammar import GrammarSpec
+from .grammar import JSON_OPTIONS, GrammarSpec
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,8 @@ def _arguments_schema(tool: dict[str, Any]) -> dict[str, Any]:
 
 
 def _json(schema: dict[str, Any]) -> str:
-    """``%json`` for a Lark rule: compact JSON, no free whitespace (as the answer's grammar)."""
-    return "%json " + json.dumps({**schema, "x-guidance": {"whitespace_flexible": False}}, separators=(",", ":"))
+    """``%json`` for a Lark rule, with the answer grammar's whitespace rule."""
+    return "%json " + json.dumps({**schema, "x-guidance": JSON_OPTIONS}, separators=(",", ":"))
 
 
 def _call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
