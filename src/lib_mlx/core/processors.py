@@ -200,7 +200,7 @@ def grammar_plan(loaded: Any, prompt: Any, params: Any) -> tuple[Any, dict[str, 
         if isinstance(choice, dict):
             name = (choice.get("function") or {}).get("name") or choice.get("name")
         special = tool_grammar.special_markers(loaded, syntax)
-        spec = tool_grammar.forced_call_grammar(syntax, tools, name, parallel=prompt.max_tool_calls is None, special=special)
+        spec = tool_grammar.forced_call_grammar(syntax, tools, name, parallel=prompt.max_tool_calls != 1, special=special)
         return spec, {}
     if grammar is not None:
         if strict and syntax is not None:

@@ -22,6 +22,7 @@ class ChatPrompt:
     thinking: bool | None = None
     parallel_tool_calls: bool = True
     template_kwargs: dict[str, Any] = field(default_factory=dict)
+    max_tool_calls: int | None = None  # the answer ends at this many calls
 
 
 @dataclass
@@ -183,7 +184,7 @@ def render(loaded: LoadedModel, prompt: ChatPrompt) -> RenderedPrompt:
         assistant_prefix=prefix,
         tools=tools,
         parse_tools=prompt.tool_choice != "none",
-        max_tool_calls=None if prompt.parallel_tool_calls else 1,
+        max_tool_calls=1 if not prompt.parallel_tool_calls else prompt.max_tool_calls,
         tool_choice=prompt.tool_choice,
         media=media or None,
     )
