@@ -161,3 +161,16 @@ def test_the_thinking_toggle_has_one_precedence():
     assert flag(None, {"enable_thinking": "yes"}, "none") is False  # not a bool: the effort decides
     assert flag(None, None, "low") is True
     assert rules.template_kwargs({"enable_thinking": True, "thinking": False, "x": 1}) == {"x": 1}
+
+
+def test_the_sdks_surface_a_mid_stream_failure_as_an_error(served):
+    """The error event each API ends a failed stream with is what its own SDK raises on."""
+    anthropic = pytest.importorskip("anthropic")
+    s = served
+    s.probe.mask_eos = True
+    s.probe.fail_after(3, RuntimeError("boom in the forward pass"))
+    client = anthropic.Anthropic(base_url=s.base_url, api_key=s.info.api_key, max_retries=0, timeout=30)
+    with pytest.raises(anthropic.APIStatusError, match="boom in the forward pass"):
+        for _ in client.messages.create(model=s.info.model_id, messages=USER, max_tokens=LONG, stream=True):
+            pass
+    settle(s)

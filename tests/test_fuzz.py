@@ -177,6 +177,76 @@ def responses_bodies(draw: st.DrawFn) -> dict[str, Any]:
     return body
 
 
+anthropic_blocks = st.one_of(
+    st.fixed_dictionaries({"type": st.just("text"), "text": st.one_of(st.text(max_size=30), json_values)}),
+    st.fixed_dictionaries({"type": st.just("image"), "source": json_values}),
+    st.fixed_dictionaries(
+        {"type": st.just("tool_use"), "id": st.text(max_size=6), "name": st.text(max_size=6), "input": json_values}
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("tool_result"), "tool_use_id": st.text(max_size=6)}, optional={"content": json_values}
+    ),
+    st.fixed_dictionaries({"type": st.just("thinking"), "thinking": st.text(max_size=20)}, optional={"signature": json_values}),
+    st.fixed_dictionaries({"type": st.one_of(st.text(max_size=8), json_values)}),
+)
+anthropic_messages = st.one_of(
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "role": st.one_of(st.sampled_from(["user", "assistant"]), roles),
+                "content": st.one_of(st.text(max_size=40), st.lists(anthropic_blocks, max_size=3), json_values),
+            }
+        ),
+        max_size=4,
+    ),
+    json_values,
+)
+
+
+@st.composite
+def messages_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """Anthropic Messages requests: valid, with fields replaced by anything at all."""
+    body: dict[str, Any] = {"messages": list(USER), "max_tokens": 4, "temperature": 0.0}
+    mutations = {
+        "messages": anthropic_messages,
+        "system": st.one_of(st.text(max_size=20), st.lists(anthropic_blocks, max_size=2), json_values),
+        "model": st.one_of(st.just("MODEL"), json_values),
+        "stream": st.one_of(st.booleans(), json_values),
+        "tools": st.one_of(
+            st.lists(
+                st.fixed_dictionaries(
+                    {"name": st.text(max_size=8), "input_schema": json_values}, optional={"description": json_values}
+                ),
+                max_size=2,
+            ),
+            json_values,
+        ),
+        "tool_choice": st.one_of(
+            st.fixed_dictionaries(
+                {"type": st.sampled_from(["auto", "any", "tool", "none"])},
+                optional={"name": st.text(max_size=8), "disable_parallel_tool_use": json_values},
+            ),
+            json_values,
+        ),
+        "thinking": st.one_of(
+            st.fixed_dictionaries(
+                {"type": st.sampled_from(["enabled", "disabled", "adaptive"])}, optional={"budget_tokens": budgets}
+            ),
+            json_values,
+        ),
+        "stop_sequences": st.one_of(st.lists(st.text(max_size=4), max_size=3), json_values),
+        "metadata": json_values,
+        "output_config": json_values,
+        "temperature": st.one_of(st.floats(min_value=0, max_value=1), json_values),
+        "top_p": FIELDS["top_p"],
+        "top_k": FIELDS["top_k"],
+    }
+    for name in draw(st.lists(st.sampled_from(sorted(mutations)), max_size=3, unique=True)):
+        body[name] = draw(mutations[name])
+    body["max_tokens"] = draw(budgets if draw(rarely) else st.integers(1, 6))
+    return body
+
+
 # --- HTTP ------------------------------------------------------------------------------------
 
 
@@ -205,15 +275,19 @@ def post_json(s: Served, path: str, body: Any) -> httpx.Response:
 def check(s: Served, response: httpx.Response, sent: Any) -> None:
     assert response.status_code < 500, (sent, response.status_code, response.text[:500])
     if response.status_code >= 400:
-        error = response.json()["error"]
-        assert isinstance(error["message"], str) and error["code"], error
+        body = response.json()
+        error = body["error"]
+        if response.url.path.startswith("/v1/messages"):  # Anthropic's shape
+            assert body["type"] == "error" and set(error) == {"type", "message"}, body
+        else:
+            assert error["code"], error
+        assert isinstance(error["message"], str) and error["message"], error
     elif response.headers.get("content-type", "").startswith("text/event-stream"):
         lines = response.text.splitlines()
-        ends = {"data: [DONE]", "event: response.completed", "event: response.incomplete"}
+        ends = {"data: [DONE]", "event: response.completed", "event: response.incomplete", "event: message_stop"}
         assert ends.intersection(lines), response.text[-300:]
-        assert not [line for line in lines if line.startswith('data: {"error"') or line == "event: response.failed"], (
-            response.text[-500:]
-        )
+        failed = ("event: response.failed", "event: error")
+        assert not [line for line in lines if line.startswith('data: {"error"') or line in failed], response.text[-500:]
 
 
 @examples(220)
@@ -232,6 +306,17 @@ def test_fuzz_responses(served, body):
     check(s, post_json(s, "/v1/responses", body), body)
 
 
+@examples(80)
+@given(body=messages_bodies())
+def test_fuzz_messages(served, body):
+    s = served
+    body = _with_model(body, s.info.model_id)
+    check(s, post_json(s, "/v1/messages", body), body)
+    if isinstance(body, dict):
+        counted = {k: v for k, v in body.items() if k not in ("max_tokens", "stream", "temperature", "stop_sequences")}
+        check(s, post_json(s, "/v1/messages/count_tokens", counted), counted)
+
+
 @examples(120)
 @given(
     raw=st.one_of(
@@ -242,7 +327,7 @@ def test_fuzz_responses(served, body):
             lambda depth: b'{"messages": ' + b"[" * depth + b"]" * depth + b"}"
         ),
     ),
-    path=st.sampled_from(["/v1/chat/completions", "/v1/responses"]),
+    path=st.sampled_from(["/v1/chat/completions", "/v1/responses", "/v1/messages"]),
     content_type=st.sampled_from(
         ["application/json", "text/plain", "multipart/form-data; boundary=x", "application/x-www-form-urlencoded"]
     ),
@@ -288,6 +373,8 @@ def test_fuzz_multipart_bodies(served, request_part, part_name, attachments, pat
                 "/v1/chat/completions",
                 "/v1/responses",
                 "/v1/responses/resp_x",
+                "/v1/messages",
+                "/v1/messages/count_tokens",
                 "/static/app.js",
             ]
         ),

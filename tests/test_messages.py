@@ -172,6 +172,11 @@ def blocks_of(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return blocks
 
 
+def as_param(message: Message) -> dict[str, Any]:
+    """The reply handed back as the next request's assistant turn, blocks exactly as received."""
+    return {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in message.content]}
+
+
 def kinds(message: Message) -> list[str]:
     return [b.type for b in message.content]
 
@@ -262,7 +267,7 @@ def test_a_tool_loop_with_streamed_input_json(lab):
     results = {"get_weather": "21 C and sunny", "get_time": "10:00"}
     history = [
         *HELLO,
-        first.to_param(),  # thinking (with its signature) and tool_use blocks handed back
+        as_param(first),  # thinking (with its signature) and tool_use blocks handed back
         {
             "role": "user",
             "content": [{"type": "tool_result", "tool_use_id": c.id, "content": results[c.name]} for c in calls],
@@ -302,8 +307,7 @@ def render_text(s: Served, messages, **kwargs: Any) -> str:
     from lib_mlx.server.messages.convert import to_chat_prompt
     from lib_mlx.server.messages.protocol import MessagesRequest
 
-    plain = json.loads(json.dumps(messages, default=lambda m: m.model_dump(exclude_none=True)))
-    req = MessagesRequest.model_validate({"messages": plain, "max_tokens": 64, **kwargs})
+    req = MessagesRequest.model_validate({"messages": messages, "max_tokens": 64, **kwargs})
     return s.runtime._entry(s.handle).core.render(to_chat_prompt(req)).text
 
 
@@ -318,7 +322,7 @@ def test_count_tokens_is_the_prompt_and_a_second_turn_reads_the_cache(lab):
     first = create(s, conversation, system=system, tools=TOOLS, thinking=OFF)
     assert counted.input_tokens == first.usage.input_tokens + first.usage.cache_read_input_tokens
     assert first.usage.cache_creation_input_tokens == 0
-    turn2 = [*conversation, first.to_param(), {"role": "user", "content": "And then?"}]
+    turn2 = [*conversation, as_param(first), {"role": "user", "content": "And then?"}]
     second = create(s, turn2, system=system, tools=TOOLS, thinking=OFF)
     assert second.usage.cache_read_input_tokens > 0  # the first turn's prompt, reused
     recount = c.messages.count_tokens(model=s.info.model_id, messages=turn2, system=system, tools=TOOLS, thinking=OFF)
@@ -420,7 +424,12 @@ def test_an_image_block_on_the_multimodal_model(serve, tmp_path_factory):
         reply = create(s, messages)
         assert [b.type for b in reply.content] == ["thinking", "text"]
         assert reply.content[0].thinking == "I see a square" and reply.content[1].text == "It is red."
-        assert reply.usage.input_tokens > 12  # the image's soft tokens are in the prompt
+        counted = client(s).messages.count_tokens(model=s.info.model_id, messages=messages)
+        assert counted.input_tokens == reply.usage.input_tokens + reply.usage.cache_read_input_tokens
+        text_only = client(s).messages.count_tokens(
+            model=s.info.model_id, messages=[{"role": "user", "content": "What is in here?"}]
+        )
+        assert counted.input_tokens >= text_only.input_tokens + 12  # the image's soft tokens
         events = raw_stream(s, {"messages": messages})
         assert blocks_of(events)[1] == {"type": "text", "text": "It is red."}
         url = {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}

@@ -162,6 +162,13 @@ class MlxCore:
     def render(self, prompt: ChatPrompt) -> RenderedPrompt:
         return render(self.loaded, prompt)
 
+    def count_tokens(self, prompt: RenderedPrompt) -> int:
+        """The prompt's length as the model reads it: media expanded to their soft tokens
+        (the processor only; no tower runs)."""
+        if not prompt.media or self.loaded.vlm is None:
+            return len(prompt.tokens)
+        return self.loaded.vlm.count_tokens(prompt.text, prompt.media)
+
     def check(self, prompt: RenderedPrompt, params: SamplingParams) -> None:
         from .processors import check_request
 

@@ -167,9 +167,10 @@ FIELDS: dict[str, dict[str, FieldRule]] = {
     "messages": _fields(
         (
             "model", "messages", "system", "max_tokens", "temperature", "top_p", "top_k",
-            "stop_sequences", "stream", "tools", "tool_choice", "thinking", "metadata",
+            "stop_sequences", "stream", "tools", "tool_choice", "thinking",
         ),
         (
+            "metadata",
             "service_tier", "container", "context_management", "mcp_servers", "cache_control",
             "inference_geo", "speed", "diagnostics", "user_profile_id", "workspace_id",
         ),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import aclosing
 from typing import Protocol
 
 from starlette.responses import StreamingResponse
@@ -97,28 +98,29 @@ class StreamWire(Protocol):
 
 async def stream(ctx: ServerContext, generation: Generation, wire: StreamWire) -> AsyncIterator[bytes]:
     """Every frame of one streamed answer (see the module docstring)."""
-    try:
-        for frame in wire.opening():
-            yield frame
-        async for event in events_with_keepalive(ctx, generation):
-            if isinstance(event, Keepalive):
-                yield wire.keepalive()
-                continue
-            error = failure_of(event)
-            if error is not None:
-                for frame in wire.failure(error):
-                    yield frame
-                break
-            for frame in wire.frames(event):
-                yield frame
-    except Exception as exc:  # noqa: BLE001 - a bug in an encoder must still end the stream properly
-        log.exception("stream failed")
-        ctx.release(generation)
+    async with aclosing(events_with_keepalive(ctx, generation)) as events:  # releases on every way out
         try:
-            for frame in wire.failure(classify(exc)):
+            for frame in wire.opening():
                 yield frame
-        except Exception:  # noqa: BLE001 - the encoder cannot even say so: end the stream
-            log.exception("stream error event failed")
+            async for event in events:
+                if isinstance(event, Keepalive):
+                    yield wire.keepalive()
+                    continue
+                error = failure_of(event)
+                if error is not None:
+                    for frame in wire.failure(error):
+                        yield frame
+                    break
+                for frame in wire.frames(event):
+                    yield frame
+        except Exception as exc:  # noqa: BLE001 - a bug in an encoder must still end the stream properly
+            log.exception("stream failed")
+            ctx.release(generation)
+            try:
+                for frame in wire.failure(classify(exc)):
+                    yield frame
+            except Exception:  # noqa: BLE001 - the encoder cannot even say so: end the stream
+                log.exception("stream error event failed")
     for frame in wire.closing():
         yield frame
 
@@ -132,13 +134,14 @@ def sse_response(body: AsyncIterator[bytes], headers: dict[str, str] | None = No
 
 async def run_to_end(ctx: ServerContext, generation: Generation, on_event: Callable[[Event], object]) -> None:
     """Feed every event to ``on_event`` up to ``Done``; a failure or cancellation raises."""
-    async for event in events_with_keepalive(ctx, generation):
-        if isinstance(event, Keepalive):
-            continue
-        error = failure_of(event)
-        if error is not None:
-            raise error
-        on_event(event)
+    async with aclosing(events_with_keepalive(ctx, generation)) as events:
+        async for event in events:
+            if isinstance(event, Keepalive):
+                continue
+            error = failure_of(event)
+            if error is not None:
+                raise error
+            on_event(event)
 
 
 async def collect(ctx: ServerContext, generation: Generation) -> Accumulated:

@@ -118,35 +118,12 @@ class VlmModel:
         ``text`` is the rendered chat prompt with one placeholder (``<|image|>``/``<|audio|>``
         for Gemma 4) per item of ``media``, in order. Runs on the engine's worker thread."""
         import mlx.core as mx
-        from mlx_vlm.utils import prepare_inputs
 
-        self.check_media(media)
-        for kind, items, placeholder in (
-            ("image", media.images, self.image_placeholder),
-            ("audio", media.audios, self.audio_placeholder),
-        ):
-            found = text.count(placeholder) if placeholder else 0
-            if items and found != len(items):
-                raise InvalidRequestError(
-                    f"the prompt has {found} {kind} placeholder(s) for {len(items)} {kind} input(s); "
-                    "the chat template must render every media part",
-                    param="messages",
-                )
+        self.check_media(media)  # before any tower loads for media the model cannot take
         loaded = self.towers.ensure_for_media(media.kinds)
         if loaded:
             log.info("loaded %s tower(s) for the first media request", ", ".join(loaded))
-        audios = [self._to_model_rate(clip) for clip in media.audios]
-        try:
-            inputs = prepare_inputs(
-                self.processor,
-                images=list(media.images) or None,
-                audio=audios or None,
-                prompts=text,
-                add_special_tokens=False,
-                padding=False,
-            )
-        except (ValueError, TypeError, OSError) as exc:
-            raise InvalidRequestError(f"the media could not be processed: {exc}", param="messages") from None
+        inputs = self._processed(text, media)
         input_ids = inputs["input_ids"]
         kwargs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
         features = self.model.get_input_embeddings(input_ids=input_ids, **kwargs)
@@ -165,6 +142,40 @@ class VlmModel:
             towers_loaded=loaded,
             prefill_step_size=step,
         )
+
+    def count_tokens(self, text: str, media: MediaInputs) -> int:
+        """The prompt's length with its media expanded to their soft tokens (the processor
+        only: no tower runs or loads)."""
+        return int(self._processed(text, media)["input_ids"].shape[-1])
+
+    def _processed(self, text: str, media: MediaInputs) -> dict[str, Any]:
+        """The processor's inputs: placeholders expanded, images resized, audio features."""
+        from mlx_vlm.utils import prepare_inputs
+
+        self.check_media(media)
+        for kind, items, placeholder in (
+            ("image", media.images, self.image_placeholder),
+            ("audio", media.audios, self.audio_placeholder),
+        ):
+            found = text.count(placeholder) if placeholder else 0
+            if items and found != len(items):
+                raise InvalidRequestError(
+                    f"the prompt has {found} {kind} placeholder(s) for {len(items)} {kind} input(s); "
+                    "the chat template must render every media part",
+                    param="messages",
+                )
+        audios = [self._to_model_rate(clip) for clip in media.audios]
+        try:
+            return prepare_inputs(
+                self.processor,
+                images=list(media.images) or None,
+                audio=audios or None,
+                prompts=text,
+                add_special_tokens=False,
+                padding=False,
+            )
+        except (ValueError, TypeError, OSError) as exc:
+            raise InvalidRequestError(f"the media could not be processed: {exc}", param="messages") from None
 
     def _to_model_rate(self, clip: AudioClip) -> Any:
         return resample(clip.samples, clip.sample_rate, self.audio_sample_rate)

@@ -8,6 +8,7 @@ Errors on these routes are in Anthropic's shape (``server.errors.error_body``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -73,4 +74,4 @@ async def count_tokens(request: Request) -> Response:
     req = parse_count_request(await read_payload(ctx, request))
     ctx.check_model(req.model)
     rendered = await rules.prepare(ctx, to_chat_prompt(req), generate=False)
-    return JSONResponse({"input_tokens": len(rendered.tokens)})
+    return JSONResponse({"input_tokens": await asyncio.to_thread(ctx.core.count_tokens, rendered)})
