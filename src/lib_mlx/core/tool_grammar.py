@@ -13,8 +13,10 @@ Two uses, both through ``grammar.GrammarProcessor``:
   (``GrammarProcessor(trigger=...)``), then the output is free again.
 
 Syntax per tool parser (``ParserSpec.tool_parser``). ``json_tools`` (Qwen3, Hermes):
-``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``. Families without an entry
-here get no call grammar (their forced calls stay as before; see the README).
+``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``, arguments checked against the
+schema. ``gemma4``: ``<|tool_call>call:name{key:<|"|>text<|"|>,n:1,...}<tool_call|>``, its own
+argument syntax -- enforced as syntax (names, keys, values, nesting), not against the schema.
+Families without an entry get no call grammar (their forced calls stay as before).
 """
 
 from __future__ import annotations
@@ -40,8 +42,119 @@ SYNTAX: dict[str, CallSyntax] = {
 }
 
 
-def syntax_for(tool_parser: str | None) -> CallSyntax | None:
+def syntax_for(tool_parser: str | None) -> "CallSyntax | GemmaSyntax | None":
     return SYNTAX.get(tool_parser or "")
+
+
+@dataclass(frozen=True)
+class GemmaSyntax:
+    """Gemma 4's calls: ``<|tool_call>call:name{args}<tool_call|>``, ``args`` in its own
+    syntax (bare keys, ``<|"|>``-quoted text). Bounded: keys of at most 64 characters, text of
+    at most 2,000, numbers of at most 24 characters, so that a weak model cannot run on."""
+
+    start: str = "<|tool_call>"
+    end: str = "<tool_call|>"
+    quote: str = '<|"|>'
+
+    def rules(self, special: dict[str, int]) -> list[str]:
+        q = _literal(self.quote, special)
+        return [
+            'g_args: "{" (g_pair ("," g_pair)*)? "}"',
+            "g_pair: G_KEY \":\" g_value",
+            'g_value: g_text | G_NUMBER | "true" | "false" | "null" | g_args | g_list',
+            'g_list: "[" (g_value ("," g_value)*)? "]"',
+            f"g_text: {q} G_TEXT {q}",
+            "G_KEY: /[A-Za-z_][A-Za-z0-9_]{0,63}/",
+            "G_NUMBER: /-?[0-9]{1,16}(\\.[0-9]{1,8})?/",
+            "G_INT: /-?[0-9]{1,16}/",
+            "G_TEXT: /(?s:.){0,2000}/",
+        ]
+
+
+SYNTAX["gemma4"] = GemmaSyntax()
+
+
+class _GemmaArgs:
+    """A strict tool's ``parameters`` schema as Gemma 4 argument syntax: its keys in the
+    schema's order (required ones always, optional ones optionally), values of the declared
+    type, enums and consts exactly, string lengths and anchored patterns, integer ranges of up
+    to 257 values, nested objects and arrays. Not checked: wider numeric bounds, array lengths,
+    formats (llguidance's JSON-schema compiler speaks JSON, not Gemma's syntax)."""
+
+    def __init__(self, quote: str) -> None:
+        self.q = quote
+        self.rules: list[str] = []
+
+    def rule(self, body: str) -> str:
+        name = f"g_s{len(self.rules)}"
+        self.rules.append(f"{name}: {body}")
+        return name
+
+    def value(self, schema: Any) -> str:
+        if not isinstance(schema, dict) or not schema:
+            return "g_value"
+        q = self.q
+        for key in ("enum", "const"):
+            if key in schema:
+                options = schema[key] if key == "enum" else [schema[key]]
+                alts = [f"{q} {json.dumps(v)} {q}" if isinstance(v, str) else json.dumps(json.dumps(v)) for v in options]
+                return self.rule(" | ".join(alts))
+        for key in ("anyOf", "oneOf"):
+            if key in schema:
+                return self.rule(" | ".join(self.value(v) for v in schema[key]))
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            return self.rule(" | ".join(self.value({**schema, "type": k}) for k in kind))
+        if kind == "string":
+            return self.text(schema)
+        if kind == "integer":
+            lo, hi = schema.get("minimum"), schema.get("maximum")
+            if isinstance(lo, int) and isinstance(hi, int) and 0 <= hi - lo <= 256:
+                return self.rule(" | ".join(json.dumps(str(v)) for v in range(lo, hi + 1)))
+            return "G_INT"
+        if kind == "number":
+            return "G_NUMBER"
+        if kind == "boolean":
+            return self.rule('"true" | "false"')
+        if kind == "null":
+            return self.rule('"null"')
+        if kind == "array":
+            item = self.value(schema.get("items"))
+            return self.rule(f'"[" ({item} ("," {item})*)? "]"')
+        if kind == "object" or "properties" in schema:
+            return self.object(schema)
+        return "g_value"
+
+    def text(self, schema: dict[str, Any]) -> str:
+        """Quoted text: its length bounds and an anchored ``pattern`` are kept."""
+        pattern = schema.get("pattern")
+        if isinstance(pattern, str) and pattern.startswith("^") and pattern.endswith("$") and "/" not in pattern:
+            body = pattern[1:-1]
+        else:
+            lo, hi = int(schema.get("minLength", 0)), int(schema.get("maxLength", 2000))
+            body = f"(?s:.){{{lo},{max(lo, hi)}}}"
+        terminal = f"G_T{len(self.rules)}"
+        self.rules.append(f"{terminal}: /{body}/")
+        return self.rule(f"{self.q} {terminal} {self.q}")
+
+    def object(self, schema: dict[str, Any]) -> str:
+        props = schema.get("properties")
+        if not isinstance(props, dict) or not props:
+            return "g_args"
+        required = set(schema.get("required") or ())
+        parts = [(json.dumps(key), self.value(sub), key in required) for key, sub in props.items()]
+        # keys in the schema's order; the first present one has no comma before it
+        body, seen_required = "", False
+        for key, value, needed in parts:
+            pair = f"{key} \":\" {value}"
+            if not body:
+                body = pair if needed else f"({pair})?"
+            elif seen_required or needed and not body.endswith(")?"):
+                body += f' ("," {pair})' + ("" if needed else "?")
+            else:  # nothing before is certainly there: a comma only after something
+                body = f'({body} "," {pair} | {pair})' if needed else f'({body} ("," {pair})? | ({pair})?)'
+            seen_required = seen_required or needed
+        return self.rule(f'"{{" {body} "}}"')
 
 
 def _literal(text: str, special: dict[str, int]) -> str:
@@ -89,6 +202,8 @@ def forced_call_grammar(
 ) -> GrammarSpec:
     """What may follow a forced call's opening: the rest of the call (and more calls when
     ``parallel``), nothing else."""
+    if isinstance(syntax, GemmaSyntax):
+        return _gemma_forced(syntax, tools, name, parallel=parallel, special=special)
     start, end = _literal(syntax.start, special), _literal(syntax.end, special)
     call = _json(_call_schema(tools))
     if name is not None:
@@ -106,9 +221,36 @@ def forced_call_grammar(
     return GrammarSpec.lark("\n".join(lines), param="tool_choice")
 
 
+def _gemma_calls(syntax: GemmaSyntax, tools: list[dict[str, Any]], special: dict[str, int]) -> tuple[_GemmaArgs, dict[str, str]]:
+    """Per tool name, the rule of its arguments: schema-shaped for a strict tool."""
+    args = _GemmaArgs(_literal(syntax.quote, special))
+    by_name = {}
+    for tool in tools:
+        fn = tool.get("function", tool)
+        params = fn.get("parameters")
+        by_name[fn["name"]] = args.object(params) if fn.get("strict") and isinstance(params, dict) else "g_args"
+    return args, by_name
+
+
+def _gemma_forced(
+    syntax: GemmaSyntax, tools: list[dict[str, Any]], name: str | None, *, parallel: bool, special: dict[str, int]
+) -> GrammarSpec:
+    start, end = _literal(syntax.start, special), _literal(syntax.end, special)
+    args, by_name = _gemma_calls(syntax, tools, special)
+    call = "(" + " | ".join(f'"call:" {json.dumps(n)} {rule}' for n, rule in by_name.items()) + ")"
+    head = f"{by_name[name]} {end}" if name is not None else f"{call} {end}"
+    more = f"({start} {call} {end})*" if parallel else ""
+    lines = [f"start: {head} {more}".rstrip(), *args.rules, *syntax.rules(special)]
+    return GrammarSpec.lark("\n".join(lines), param="tool_choice")
+
+
 def strict_call_grammar(syntax: CallSyntax, tools: list[dict[str, Any]], special: dict[str, int]) -> GrammarSpec:
     """One call block after its start marker: ``\\n{json call}\\n`` and the end marker."""
     end = _literal(syntax.end, special)
+    if isinstance(syntax, GemmaSyntax):
+        args, by_name = _gemma_calls(syntax, tools, special)
+        call = " | ".join(f'"call:" {json.dumps(n)} {rule}' for n, rule in by_name.items())
+        return GrammarSpec.lark("\n".join([f"start: ({call}) {end}", *args.rules, *syntax.rules(special)]), param="tools")
     call = _json(_call_schema(tools))
     return GrammarSpec.lark(f'start: "\\n" call "\\n" {end}\ncall: {call}', param="tools")
 
@@ -116,6 +258,8 @@ def strict_call_grammar(syntax: CallSyntax, tools: list[dict[str, Any]], special
 def answer_or_calls(answer: GrammarSpec, syntax: CallSyntax, tools: list[dict[str, Any]], special: dict[str, int]) -> GrammarSpec:
     """A structured answer *or* tool calls (``response_format`` with strict tools under
     ``tool_choice`` "auto"): the model decides which, each is enforced."""
+    if isinstance(syntax, GemmaSyntax):
+        return answer  # the answer's grammar alone: Gemma's calls are not JSON
     start, end = _literal(syntax.start, special), _literal(syntax.end, special)
     if answer.kind == "json_schema":
         body = _json(json.loads(answer.source))
@@ -128,14 +272,14 @@ def answer_or_calls(answer: GrammarSpec, syntax: CallSyntax, tools: list[dict[st
     return GrammarSpec.lark(grammar, param=answer.param)
 
 
-def special_markers(loaded: Any, syntax: CallSyntax) -> dict[str, int]:
+def special_markers(loaded: Any, syntax: "CallSyntax | GemmaSyntax") -> dict[str, int]:
     """The syntax's markers that llguidance sees as special tokens (an added token is one even
     where the tokenizer does not mark it special): a grammar names those by id."""
     from .grammar import compiler_for
 
     ll_tokenizer = compiler_for(loaded).tokenizer
     out = {}
-    for marker in (syntax.start, syntax.end):
+    for marker in (syntax.start, syntax.end, getattr(syntax, "quote", syntax.end)):
         ids = loaded.tokenizer.encode(marker, add_special_tokens=False)
         if len(ids) == 1 and ll_tokenizer.is_special_token(ids[0]):
             out[marker] = int(ids[0])
