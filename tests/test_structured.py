@@ -445,3 +445,24 @@ def test_bad_values_are_refused_by_name(served: Served):
     for extra, param in cases:
         r = _post(served, "chat/completions", {"messages": QUESTION, "max_tokens": 2, **extra})
         assert r.status_code == 400 and r.json()["error"]["param"] == param, (extra, r.text)
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}], ids=["required", "named"])
+def test_gemma4_forced_call_in_its_own_syntax(make_model, choice: Any):
+    """Gemma 4 writes calls in its own syntax (``call:name{key:<|"|>text<|"|>}``): the grammar
+    is built from the tool's schema in that syntax; the parser turns it into JSON."""
+    from lib_mlx.core import ChatPrompt, MlxCore, SamplingParams
+    from lib_mlx.core.events import TextDelta, ToolCallEnd
+
+    core = MlxCore.load(MlxModelConfig(str(make_model("gemma4_text"))))
+    try:
+        for seed in range(3):
+            rendered = core.render(ChatPrompt(QUESTION, tools=TOOLS, tool_choice=choice, thinking=False))
+            events = list(core.submit(rendered, SamplingParams(max_tokens=150, temperature=1.0, seed=seed)))
+            assert not [e for e in events if isinstance(e, TextDelta)]
+            calls = [e for e in events if isinstance(e, ToolCallEnd)]
+            assert calls and events[-1].finish_reason == "tool_calls"
+            for call in calls:
+                jsonschema.validate(json.loads(call.arguments), SCHEMA_OF[call.name])
+    finally:
+        core.close()
