@@ -466,3 +466,24 @@ def test_gemma4_forced_call_in_its_own_syntax(make_model, choice: Any):
                 jsonschema.validate(json.loads(call.arguments), SCHEMA_OF[call.name])
     finally:
         core.close()
+
+
+def test_grammar_survives_a_move_into_the_batch(served: Served):
+    """A request decoding alone moves into a batch when a second arrives (``Handoff``): its
+    grammar state moves with it."""
+    schema = _obj({"tags": {"type": "array", "items": NAME, "maxItems": 6}, "n": SMALL_INT})
+    handoffs = served.status()["stats"]["handoffs"]
+    client = served.client()
+    args = dict(model=served.info.model_id, messages=QUESTION, response_format=_fmt(schema), max_tokens=300, temperature=1.0)
+    first = client.chat.completions.create(stream=True, seed=1, **args)
+    pieces, second = [], []
+    for i, chunk in enumerate(first):
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+        if i == 3:
+            thread = threading.Thread(target=lambda: second.append(client.chat.completions.create(seed=2, **args)))
+            thread.start()
+    thread.join()
+    _check(schema, "".join(pieces))
+    _check(schema, second[0].choices[0].message.content)
+    assert served.status()["stats"]["handoffs"] > handoffs
