@@ -92,6 +92,9 @@ class ThinkingBudget:
             self._base = n
         out = n - self._base
         if out > self._seen and self.state != "done":
+            import mlx.core as mx
+
+            mx.async_eval(logits)  # the forward pass runs while we read the last token
             for token in tokens[self._base + self._seen :].tolist():
                 self._take(token)
         self._seen = max(self._seen, out)
