@@ -18,6 +18,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	scripts/install-browser.sh $(PY)
+	scripts/install-node.sh
 	$(PY) -m pytest
 
 bench: $(STAMP)

@@ -38,7 +38,7 @@ class StepLog:
             if step.kind == "batch":
                 what = f"batch step: {step.prompts} prompt pieces, {step.tokens} tokens, {step.decoding} in the batch"
             elif step.kind == "batch_start":
-                what = f"a batch starts with {step.prompts} requests"
+                continue  # the steps tell it: a burst that starts together prefills together
             else:
                 what = ("alone, then into the batch" if step.handed_off else "alone, to the end") + f" ({step.tokens} tokens)"
             self.lines.append(f"    at {1000 * (step.start - self.t0):8.1f} ms  {1000 * step.seconds:7.1f} ms  {what}")

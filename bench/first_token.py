@@ -33,7 +33,7 @@ def start_traced(model_dir: Path, work: Path, trace: Path) -> servers.Server:
     )
     argv = [sys.executable, "-c", code, "serve", "--model", str(model_dir), "--port", str(port),
             "--queue-limit", "1", "--no-auth", "--no-page"]  # fmt: skip
-    return servers._spawn("ours-traced", argv, env, work, "/health", port, model_dir.name)
+    return servers.spawn("ours-traced", argv, env, work, "/health", port, model_dir.name)
 
 
 def bare_stream(base_url: str, model: str, messages: list[dict[str, Any]], max_tokens: int, thinking: bool) -> float:

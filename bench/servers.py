@@ -53,7 +53,7 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: 
     raise RuntimeError(f"server not ready after {timeout:.0f}s; log:\n{log.read_text()[-3000:]}")
 
 
-def _spawn(name: str, argv: list[str], env: dict[str, str], work: Path, ready_path: str, port: int, model: str) -> Server:
+def spawn(name: str, argv: list[str], env: dict[str, str], work: Path, ready_path: str, port: int, model: str) -> Server:
     log = work / f"{name}.log"
     handle = log.open("wb")
     process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, env=env)
@@ -75,7 +75,7 @@ def start_ours(model_dir: Path, work: Path, *, queue_limit: int = 1, prompt_cach
         env["LIB_MLX_PROMPT_CACHE_BYTES"] = "0"
     argv = [sys.executable, "-m", "lib_mlx", "serve", "--model", str(model_dir), "--port", str(port),
             "--queue-limit", str(queue_limit), "--no-auth", "--no-page"]  # fmt: skip
-    return _spawn(name, argv, env, work, "/health", port, model_dir.name)
+    return spawn(name, argv, env, work, "/health", port, model_dir.name)
 
 
 def start_mlx_lm(model_dir: Path, work: Path, *, name: str = "mlx_lm") -> Server:
@@ -85,7 +85,7 @@ def start_mlx_lm(model_dir: Path, work: Path, *, name: str = "mlx_lm") -> Server
     hub.mkdir(exist_ok=True)
     env = dict(os.environ, HF_HUB_CACHE=str(hub), HF_HUB_OFFLINE="1")
     argv = [sys.executable, "-m", "mlx_lm.server", "--model", str(model_dir), "--host", "127.0.0.1", "--port", str(port)]
-    return _spawn(name, argv, env, work, "/v1/models", port, "default_model")
+    return spawn(name, argv, env, work, "/v1/models", port, "default_model")
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""The design note's flow in Python: load a model, serve it, chat through the `openai` client
+"""The lifecycle in Python (README's "Python usage"): load a model, serve it, chat through the `openai` client
 (one plain completion, one stream with the reasoning and the answer kept apart), stop, unload.
 
     python examples/python_lifecycle.py                 # the built-in tiny demo model

@@ -11,13 +11,13 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hardening_support import Served
 
-from lib_mlx import LibMlxRuntime, MlxModelConfig, MlxServerConfig, ServerInfo
+from lib_mlx import LibMlxRuntime, MlxModelConfig, MlxServerConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -53,29 +53,6 @@ def runtime() -> Iterator[LibMlxRuntime]:
     rt = LibMlxRuntime()
     yield rt
     rt.close()
-
-
-@dataclass
-class Served:
-    runtime: LibMlxRuntime
-    handle: int
-    info: ServerInfo
-
-    def client(self, **kwargs: Any):
-        """The real ``openai`` client with strict response validation."""
-        import openai
-
-        kwargs.setdefault("_strict_response_validation", True)
-        kwargs.setdefault("max_retries", 0)
-        kwargs.setdefault("timeout", 60)
-        return openai.OpenAI(base_url=f"{self.info.base_url}/v1", api_key=self.info.api_key or "none", **kwargs)
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.info.api_key}"} if self.info.api_key else {}
-
-    def status(self) -> dict[str, Any]:
-        return self.runtime.server_status(self.handle)
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""Helpers shared by the hardening, fuzz and soak tests.
+"""Helpers shared by the tests that serve a model (``Served``, also what ``conftest.serve``
+yields), and by the hardening, fuzz and soak tests.
 
 ``ModelProbe`` stands in for a loaded model's forward pass while the real generation path runs
 around it: every call goes to the real (tiny, random) model, then the probe may sleep (a slow
@@ -203,7 +204,15 @@ class Served:
     def in_flight(self) -> int:
         return in_flight(self.runtime, self.handle)
 
+    @property
+    def core(self) -> Any:
+        return core_of(self.runtime, self.handle)
+
+    def status(self) -> dict[str, Any]:
+        return self.runtime.server_status(self.handle)
+
     def client(self, **kwargs: Any) -> Any:
+        """The real ``openai`` client with strict response validation."""
         import openai
 
         kwargs.setdefault("_strict_response_validation", True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import httpx
@@ -39,11 +40,9 @@ def test_chat_completion_exact_text_and_usage(serve, scripted) -> None:
         assert reply.object == "chat.completion" and reply.model == s.info.model_id
         assert reply.usage.completion_tokens == len(pieces)
         assert reply.usage.total_tokens == reply.usage.prompt_tokens + len(pieces)
-        from hardening_support import core_of
-
         from lib_mlx.core import ChatPrompt
 
-        rendered = core_of(s.runtime, s.handle).render  # prompt token count from the same template
+        rendered = s.core.render  # prompt token count from the same template
 
         assert reply.usage.prompt_tokens == len(rendered(ChatPrompt(messages=MESSAGES)).tokens)
 
@@ -96,6 +95,49 @@ def test_list_models_and_health(serve, make_model) -> None:
         assert models.data[0].owned_by == "local"
         health = httpx.get(f"{s.info.base_url}/health")
         assert health.status_code == 200 and health.json()["status"] == "ok"
+
+
+def test_retrieve_model_and_request_ids(serve, make_model, monkeypatch) -> None:
+    """``models.retrieve`` and ``x-request-id`` (the SDKs' ``request_id``) on every response,
+    refusals and streams included (issue 17.3, 17.6)."""
+    with serve(make_model("qwen3"), model_id="my/model") as s:
+        client = s.client()
+        model = client.models.retrieve("my/model")
+        assert (model.id, model.object, model.owned_by) == ("my/model", "model", "local")
+        with pytest.raises(openai.NotFoundError) as info:
+            client.models.retrieve("other/model")
+        assert info.value.body["code"] == "model_not_found" and "other/model" in info.value.body["message"]
+        assert re.fullmatch(r"req_[0-9a-f]{32}", info.value.request_id or "")
+
+        reply = client.chat.completions.with_raw_response.create(model="my/model", messages=MESSAGES, max_tokens=2)
+        assert re.fullmatch(r"req_[0-9a-f]{32}", reply.headers["x-request-id"])
+        assert reply.parse()._request_id == reply.headers["x-request-id"]
+        with client.chat.completions.with_streaming_response.create(
+            model="my/model", messages=MESSAGES, max_tokens=2, stream=True
+        ) as streamed:
+            assert streamed.headers["x-request-id"].startswith("req_")
+        base = s.info.base_url
+        ids = [
+            httpx.get(f"{base}/health").headers.get("x-request-id"),
+            httpx.get(f"{base}/v1/models").headers.get("x-request-id"),  # 401: no key
+            httpx.get(f"{base}/v1/nothing", headers=s.headers).headers.get("x-request-id"),  # 404
+            httpx.post(f"{base}/v1/chat/completions", json={}, headers=s.headers).headers.get("x-request-id"),  # 400
+        ]
+        assert all(i and i.startswith("req_") for i in ids) and len(set(ids)) == len(ids)
+        # the Messages API also names it as Anthropic does (the anthropic SDK's ``_request_id``)
+        anthropic = httpx.post(f"{base}/v1/messages", json={}, headers=s.headers)
+        assert anthropic.status_code == 400 and anthropic.headers["request-id"] == anthropic.headers["x-request-id"]
+        assert "request-id" not in httpx.get(f"{base}/health").headers
+        # a caller's own id is echoed, one that is not a plain token is replaced
+        echoed = httpx.get(f"{base}/health", headers={"x-request-id": "trace-42"}).headers["x-request-id"]
+        replaced = httpx.get(f"{base}/health", headers={"x-request-id": "a b"}).headers["x-request-id"]
+        assert echoed == "trace-42" and replaced.startswith("req_")
+        # Starlette answers an unexpected error from outside every middleware: named all the same
+        from lib_mlx.server import models
+
+        monkeypatch.setattr(models, "_model", lambda request: 1 / 0)
+        broken = httpx.get(f"{base}/v1/models", headers={**s.headers, "x-request-id": "trace-500"})
+        assert broken.status_code == 500 and broken.headers["x-request-id"] == "trace-500"
 
 
 def _error(response: httpx.Response, status: int) -> dict:

@@ -50,6 +50,9 @@ class ScriptedCore:
     def check(self, prompt: RenderedPrompt, params: SamplingParams) -> None:
         pass  # no grammar engine here: nothing to refuse
 
+    def count_tokens(self, prompt: RenderedPrompt) -> int:
+        return len(prompt.tokens)
+
     def announce(self) -> None:
         return None
 

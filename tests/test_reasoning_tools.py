@@ -5,11 +5,11 @@ Everything goes through the real server and the strict ``openai`` client, over `
 prompt's last token). Prompt assertions use the core's own ``render`` (what the server renders).
 
 Reasoning-token rule (``core.parsers.base``): a completion token counts as a reasoning token iff
-at least one of its characters lies strictly between the start marker and the end marker of a
-reasoning block. The marker tokens themselves never count -- Qwen3's ``<think>`` and
-``</think>``, Gemma 4's ``<|channel>`` + ``thought`` (the start marker is the whole
-``<|channel>thought``) and ``<channel|>`` -- nor does whitespace after the block. So the count
-is the number of chain pieces between the markers.
+at least one of its characters belongs to a reasoning block the model wrote, its markers
+included -- Qwen3's ``<think>`` and ``</think>``, Gemma 4's ``<|channel>`` + ``thought`` (the
+start marker is the whole ``<|channel>thought``) and ``<channel|>`` (issue 17.6: what the model
+spent on thinking) -- but not whitespace after the block, nor a start marker the prompt wrote.
+So the count is the number of chain pieces from the start marker through the end marker.
 """
 
 from __future__ import annotations
@@ -111,6 +111,12 @@ MODELS: dict[str, dict[str, dict[str, Any]]] = {
         "open": {
             "chains": {"\n": ["Short", " thought", ".\n", "</think>", "\n\n", "Done", "."]},
             "chat_template": Q_OPEN_TEMPLATE,
+        },
+        "refuses": {  # does not continue a forced opening
+            "chains": {
+                " ": ["I", " refuse", "."],  # after '..."arguments": '
+                "\n": ["Rather", " not", "."],  # after '<tool_call>\n'
+            }
         },
     },
     "gemma4_text": {
@@ -270,12 +276,13 @@ def chain_len(family: str, name: str, trigger: str = "\n") -> int:
     return len(MODELS[family][name]["chains"][trigger])
 
 
-def pieces_between_markers(family: str, name: str, trigger: str = "\n", *, opened: bool = False) -> int:
-    """The chain pieces strictly inside the reasoning block (``opened``: the prompt opened it)."""
+def reasoning_pieces(family: str, name: str, trigger: str = "\n", *, opened: bool = False) -> int:
+    """The chain pieces of the reasoning block, its markers included (``opened``: the prompt
+    wrote the start marker)."""
     chain = MODELS[family][name]["chains"][trigger]
-    start = -1 if opened else chain.index("<think>" if family == "qwen3" else "thought")
-    end = next(i for i, piece in enumerate(chain) if piece in ("</think>", "</", "<channel|>"))
-    return end - start - 1
+    start = 0 if opened else chain.index("<think>" if family == "qwen3" else "<|channel>")
+    end = next(i for i, piece in enumerate(chain) if piece in ("</think>", "think>", "<channel|>"))
+    return end - start + 1
 
 
 # --- reasoning ---------------------------------------------------------------------------------
@@ -288,7 +295,8 @@ def test_reasoning_and_content_are_separated_exactly(lab, family) -> None:
     assert_clean(family, message.content, reasoning_of(message))
     assert reply.choices[0].finish_reason == "stop"
     assert reply.usage.completion_tokens == chain_len(family, "reason", "\n")
-    assert reply.usage.completion_tokens_details.reasoning_tokens == pieces_between_markers(family, "reason") == 4
+    assert reply.usage.completion_tokens_details.reasoning_tokens == reasoning_pieces(family, "reason")
+    assert reasoning_pieces(family, "reason") == {"qwen3": 6, "gemma4_text": 7}[family]
 
     streamed = stream(s)
     assert (streamed.reasoning, streamed.content) == (REASONING, ANSWER)
@@ -339,8 +347,8 @@ def test_reasoning_the_model_emits_anyway_goes_to_reasoning_content(lab, family)
     reply = create(s, extra_body={"thinking": False})
     message = reply.choices[0].message
     assert (message.content, reasoning_of(message)) == ("Done.", "Still musing")
-    inside = pieces_between_markers(family, ANYWAY[family], "\n\n" if family == "qwen3" else "\n")
-    assert reply.usage.completion_tokens_details.reasoning_tokens == inside == 2
+    spent = reasoning_pieces(family, ANYWAY[family], "\n\n" if family == "qwen3" else "\n")
+    assert reply.usage.completion_tokens_details.reasoning_tokens == spent == 5
     streamed = stream(s, extra_body={"thinking": False})
     assert (streamed.content, streamed.reasoning) == ("Done.", "Still musing")
     streamed.assert_clean(family)
@@ -354,8 +362,8 @@ def test_a_template_that_opens_reasoning_in_the_prompt(lab, family) -> None:
     reply = create(s)
     message = reply.choices[0].message
     assert (message.content, reasoning_of(message)) == ("Done.", "Short thought.")
-    inside = pieces_between_markers(family, "open", opened=True)
-    assert reply.usage.completion_tokens_details.reasoning_tokens == inside == 3
+    spent = reasoning_pieces(family, "open", opened=True)
+    assert reply.usage.completion_tokens_details.reasoning_tokens == spent == 4  # the end marker included
     streamed = stream(s)
     assert (streamed.content, streamed.reasoning) == ("Done.", "Short thought.")
     streamed.assert_clean(family)
@@ -413,7 +421,7 @@ def test_two_parallel_tool_calls(lab, family) -> None:
     assert len({c.id for c in choice.message.tool_calls}) == 2
     assert choice.message.content is None
     assert reasoning_of(choice.message) == {"qwen3": "Weather and time.", "gemma4_text": "Weather and time"}[family]
-    assert reply.usage.completion_tokens_details.reasoning_tokens == pieces_between_markers(family, "tools")
+    assert reply.usage.completion_tokens_details.reasoning_tokens == reasoning_pieces(family, "tools")
 
     # plain chunk accumulation
     streamed = stream(s, tools=TOOLS)
@@ -544,3 +552,30 @@ def test_a_malformed_tool_call_comes_back_as_content(lab, family) -> None:
         timeout=30,
     )
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == raw
+
+
+# --- issue 17.4: forced openings and functions never offered ------------------------------------
+def test_forced_tool_choice_that_the_model_ignores(lab) -> None:
+    s = lab("qwen3", "refuses")
+    required = create(s, tools=TOOLS, tool_choice="required")
+    message = required.choices[0].message
+    assert (message.content, message.tool_calls) == ("Rather not.", None)
+    named = create(s, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    message = named.choices[0].message
+    assert message.content == "I refuse."  # never '<tool_call>\n{"name": "get_weather", ...'
+    streamed = stream(s, tools=TOOLS, tool_choice="required")
+    assert streamed.content == "Rather not." and not streamed.calls
+    streamed.assert_clean("qwen3")
+
+
+def test_a_call_to_a_function_not_offered_is_not_a_tool_call(lab, family) -> None:
+    s = lab(family, "tools")  # writes get_weather, then get_time
+    reply = create(s, tools=[TIME])
+    message = reply.choices[0].message
+    assert _calls(message) == [("get_time", {"tz": "CET"})]
+    assert "get_weather" in message.content and "Paris" in message.content  # the model's text, as text
+    streamed = stream(s, tools=[TIME])
+    assert [name for name, _ in streamed.tool_calls()] == ["get_time"] and "get_weather" in streamed.content
+    none_offered = create(s)  # no tools at all: no call is a call
+    assert none_offered.choices[0].message.tool_calls is None
+    assert none_offered.choices[0].finish_reason == "stop"

@@ -67,7 +67,13 @@ def validate_response(body: dict[str, Any] | str) -> Response:
 
 
 _ITEM_GRAMMAR = {
-    "reasoning": r"(response\.reasoning_text\.delta )*response\.reasoning_text\.done ",
+    # (the summary events only when the request asks for ``reasoning.summary``)
+    "reasoning": (
+        r"response\.content_part\.added (?P<summary>response\.reasoning_summary_part\.added )?"
+        r"(response\.reasoning_text\.delta (?(summary)response\.reasoning_summary_text\.delta ))*"
+        r"response\.reasoning_text\.done response\.content_part\.done "
+        r"(?(summary)response\.reasoning_summary_text\.done response\.reasoning_summary_part\.done )"
+    ),
     "message": (
         r"response\.content_part\.added (response\.output_text\.delta )*"
         r"response\.output_text\.done response\.content_part\.done "
@@ -119,9 +125,20 @@ def check_lifecycle(events: list[dict[str, Any]]) -> dict[str, Any]:
         for e in middle:
             assert e["item_id"] == item_id
             assert e.get("content_index", 0) == 0
-        deltas = "".join(e["delta"] for e in middle if e["type"].endswith(".delta"))
+        deltas = "".join(e["delta"] for e in middle if e["type"].endswith(".delta") and "summary" not in e["type"])
         if kind == "reasoning":
-            assert middle[-1]["text"] == deltas == done["item"]["content"][0]["text"]
+            content = [e for e in middle if "summary" not in e["type"]]
+            assert content[-2]["text"] == deltas == done["item"]["content"][0]["text"]
+            assert content[0]["part"] == {"type": "reasoning_text", "text": ""}
+            assert content[-1]["part"] == {"type": "reasoning_text", "text": deltas}
+            summary = [e for e in middle if "summary" in e["type"]]
+            if summary:  # the same text again, as the one summary part
+                assert all(e["summary_index"] == 0 for e in summary)
+                assert "".join(e["delta"] for e in summary if e["type"].endswith(".delta")) == deltas
+                assert summary[-2]["text"] == deltas and summary[-1]["part"] == {"type": "summary_text", "text": deltas}
+                assert done["item"]["summary"] == [{"type": "summary_text", "text": deltas}]
+            else:
+                assert done["item"]["summary"] == []
         elif kind == "message":
             assert middle[-2]["text"] == deltas == done["item"]["content"][0]["text"]
             assert middle[0]["part"]["text"] == "" and middle[-1]["part"]["text"] == deltas
@@ -231,6 +248,37 @@ def test_encoder_lifecycle(events, kinds, terminal):
     assert [item["type"] for item in final["output"]] == kinds
     assert encoder.response == final and encoder.finished
     assert encoder.encode(TextDelta("late")) == []  # nothing after the end
+
+
+def test_encoder_reasoning_item_opens_its_content_part_first():
+    """openai-node's accumulator throws ``missing content at index 0`` on a reasoning delta
+    whose part was never added (issue 17.1)."""
+    _, out = run(CASES[0][1])
+    kinds = [e["type"] for e in out]
+    first_delta = kinds.index("response.reasoning_text.delta")
+    assert kinds[first_delta - 2 : first_delta] == ["response.output_item.added", "response.content_part.added"]
+    added, done = out[first_delta - 1], out[kinds.index("response.reasoning_text.done") + 1]
+    assert added["part"] == {"type": "reasoning_text", "text": ""}
+    assert (done["type"], done["part"]) == ("response.content_part.done", {"type": "reasoning_text", "text": "Let me think."})
+    check_lifecycle(out)
+
+
+@pytest.mark.parametrize("summary", ["auto", "concise", "detailed"])
+def test_encoder_reasoning_summary(summary):
+    """``reasoning.summary`` fills ``summary`` with the reasoning text and streams its events
+    (issue 17.5); without it, ``summary`` stays empty and no summary event is sent."""
+    _, out = run(CASES[0][1], reasoning={"summary": summary})
+    final = validate_response(check_lifecycle(out))
+    assert final.reasoning.summary == summary
+    assert [(p.type, p.text) for p in final.output[0].summary] == [("summary_text", "Let me think.")]
+    kinds = [e["type"] for e in out]
+    assert kinds.count("response.reasoning_summary_text.delta") == 2
+    for kind in ("part.added", "text.done", "part.done"):
+        assert kinds.count(f"response.reasoning_summary_{kind}") == 1
+
+    _, plain = run(CASES[0][1])
+    assert check_lifecycle(plain)["output"][0]["summary"] == []
+    assert not [e for e in plain if "summary" in e["type"]]
 
 
 def test_encoder_final_response_fields():
@@ -394,7 +442,8 @@ BAD_REQUESTS = [
     ({}, "input"),
     ({"input": []}, "input"),
     ({"input": [{"role": "user"}]}, "input[0].content"),
-    ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0]"),
+    ({"input": [{"type": "web_search_call", "id": "x"}]}, "input[0]"),
+    ({"input": [{"type": "item_reference"}]}, "input[0].id"),
     ({"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, "input[0].call_id"),
     ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input[0].content[0].type"),
     ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type"),
@@ -453,3 +502,24 @@ def test_store_conversation_prepends_input_then_output():
     entry = store.get("r")
     assert entry is not None
     assert entry.conversation() == [{"role": "user", "content": "i"}, {"type": "message", "role": "assistant", "content": "o"}]
+
+
+def test_store_resolves_item_references_until_the_response_goes():
+    """The AI SDK (``store`` on) sends earlier output items as ``item_reference`` (issue 17.2)."""
+    store = ResponseStore(max_entries=1)
+    output = [
+        {"id": "rs_1", "type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": "t"}]},
+        {"id": "fc_1", "type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"},
+    ]
+    store.put({"id": "resp_1", "output": output}, [{"role": "user", "content": "i"}])
+    user = {"type": "message", "role": "user", "content": "next"}
+    refs = [{"type": "item_reference", "id": "rs_1"}, {"type": "item_reference", "id": "fc_1"}, user]
+    assert store.resolve(refs) == [*output, user]
+    parsed = parse_request({"input": refs}).input_items()
+    assert parsed[:2] == refs[:2]
+    with pytest.raises(InvalidRequestError) as info:
+        store.resolve([user, {"type": "item_reference", "id": "msg_gone"}])
+    assert info.value.param == "input[1].id" and "msg_gone" in info.value.message
+    store.put({"id": "resp_2", "output": []}, [])  # evicts resp_1, and its items with it
+    with pytest.raises(InvalidRequestError):
+        store.resolve(refs[:1])

@@ -313,3 +313,35 @@ def test_unknown_model_is_404(server: Server):
     with pytest.raises(openai.NotFoundError) as info:
         server.client().responses.create(model="no-such-model", input="x")
     assert info.value.body["code"] == "model_not_found"
+
+
+def test_item_references_stand_for_stored_items(server: Server, monkeypatch: pytest.MonkeyPatch):
+    """Turn 2 as the AI SDK sends it with ``store`` on: earlier items by id (issue 17.2). The
+    prompt equals the one ``previous_response_id`` renders."""
+    rendered: list[str] = []
+    original = MlxCore.render
+    monkeypatch.setattr(MlxCore, "render", lambda self, prompt: rendered.append(original(self, prompt).text) or original(self, prompt))
+    client = server.client()
+    first = client.responses.create(model=server.info.model_id, input=QUESTION, tools=TOOLS, tool_choice=CALL_ADD)
+    call = first.output[-1]
+    result = {"type": "function_call_output", "call_id": call.call_id, "output": "5"}
+    by_id = client.responses.create(
+        model=server.info.model_id,
+        input=[{"role": "user", "content": QUESTION}, *({"type": "item_reference", "id": i.id} for i in first.output), result],
+        tools=TOOLS,
+        **server.family.after_tool,
+    )
+    assert by_id.output_text == ANSWER
+    by_previous = client.responses.create(
+        model=server.info.model_id, previous_response_id=first.id, input=[result], tools=TOOLS, **server.family.after_tool
+    )
+    assert rendered[-1] == rendered[-2] and by_previous.usage.input_tokens == by_id.usage.input_tokens
+
+    response = httpx.post(
+        f"{server.info.base_url}/v1/responses",
+        json={"input": [{"role": "user", "content": "x"}, {"type": "item_reference", "id": "msg_unknown"}]},
+        headers=server.headers,
+        timeout=30,
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "input[1].id" and "msg_unknown" in response.json()["error"]["message"]

@@ -2,7 +2,7 @@
  * chat_host: a small C host for lib_mlx. The lifecycle goes through the C ABI (JSON strings in,
  * malloc'd JSON strings out); inference goes over HTTP to the server the library starts, here
  * with nothing but POSIX sockets: one streamed chat completion whose reasoning and answer are
- * printed apart, as the design note's Dart example does.
+ * printed apart.
  *
  * Build and run (from the repository root):
  *

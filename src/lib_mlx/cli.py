@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import os
 import sys
 import threading
 import time
@@ -61,12 +62,37 @@ def _load(runtime: LibMlxRuntime, config: MlxModelConfig) -> int:
         return runtime.load_model(config)
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops like Ctrl-C: open requests end with an error, the model unloads. (mlx.launch
+    sends it to every rank when one rank exits.)"""
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    _stop_on_sigterm()
     runtime = LibMlxRuntime()
     model = MlxModelConfig(
-        model_path=args.model, model_id=args.model_id, thinking_enabled=not args.no_thinking
+        model_path=args.model,
+        model_id=args.model_id,
+        thinking_enabled=not args.no_thinking,
+        distributed=args.distributed,
+        distributed_backend=args.distributed_backend,
+        distributed_timeout_s=args.distributed_timeout,
     )
     handle = _load(runtime, model)
+    rank = runtime.distributed_rank(handle)
+    if rank:  # a rank other than 0 follows rank 0's requests until rank 0 stops
+        print(f"Rank {rank} (pid {os.getpid()}): loaded its shard; following rank 0.", flush=True)
+        try:
+            failure = runtime.follow(handle)
+        except KeyboardInterrupt:
+            failure = None
+        return 0 if failure is None else 1
     server = MlxServerConfig(
         host=args.host,
         port=args.port,
@@ -78,6 +104,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     info = runtime.start_server(handle, server)
     print(f"Serving {info.model_id} at {info.base_url}/v1", flush=True)
+    sharded = runtime.server_status(handle)["model"].get("distributed")
+    if sharded:
+        per_rank = ", ".join(f"rank {m['rank']} {m['active_bytes'] / 1e6:.1f} MB" for m in sharded["rank_memory"])
+        print(f"Sharded ({sharded['mode']}) over {sharded['ranks']} ranks: {per_rank}", flush=True)
     if info.api_key:
         print(f"API key: {info.api_key}", flush=True)
     if server.chat_page:
@@ -147,6 +177,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_launch(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    """``mlx.launch`` with this Python and ``-m lib_mlx`` as the program: options before ``--``
+    go to mlx.launch (``-n``, ``--hosts``, ``--hostfile``, ``--backend``, ...), the rest to
+    ``lib-mlx`` on every rank."""
+    import subprocess
+
+    rest = list(rest)
+    if "--" not in rest:
+        print("usage: lib-mlx launch [mlx.launch options] -- serve --model DIR --distributed", file=sys.stderr)
+        return 2
+    cut = rest.index("--")
+    launcher, program = rest[:cut], rest[cut + 1 :]
+    if not any(a in ("--hosts", "--hostfile") or a.startswith(("--hosts=", "--hostfile=")) for a in launcher):
+        launcher += ["--hosts", "127.0.0.1"]
+    entry = "from mlx._distributed_utils.launch import main; main()"  # the mlx.launch command
+    command = [sys.executable, "-c", entry, *launcher, "--python", sys.executable, "--", "-m", "lib_mlx", *program]
+    return subprocess.call(command)
+
+
 def cmd_abi_build(args: argparse.Namespace, rest: Sequence[str]) -> int:
     from . import abi_build
 
@@ -167,7 +216,29 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-auth", action="store_true", help="accept requests without a token")
     serve.add_argument("--no-thinking", action="store_true", help="thinking off unless a request turns it on")
     serve.add_argument("--no-page", action="store_true", help="do not serve the chat page at /")
+    serve.add_argument(
+        "--distributed",
+        nargs="?",
+        const="auto",
+        choices=("auto", "tensor", "pipeline"),
+        default=None,
+        help="serve one model sharded over the processes that mlx.launch started (see `lib-mlx launch`)",
+    )
+    serve.add_argument("--distributed-backend", default="any", choices=("any", "ring", "mpi", "nccl", "jaccl"))
+    serve.add_argument(
+        "--distributed-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a step may wait for the other ranks before open requests fail (default 60)",
+    )
     serve.set_defaults(func=cmd_serve)
+
+    launch = sub.add_parser(
+        "launch",
+        help="run `lib-mlx ...` on several ranks through mlx.launch (e.g. `lib-mlx launch -n 2 -- serve --model DIR --distributed`)",
+        add_help=False,
+    )
+    launch.set_defaults(func=cmd_launch)
 
     demo = sub.add_parser("demo", help="load the built-in demo model, serve it, chat once, unload")
     demo.add_argument("--model", default=None, help="use this model directory instead of the built-in one")
@@ -186,8 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     try:
-        if args.func is cmd_abi_build:
-            return cmd_abi_build(args, rest)
+        if args.func in (cmd_abi_build, cmd_launch):
+            return args.func(args, rest)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return args.func(args)

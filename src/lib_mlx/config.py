@@ -42,6 +42,13 @@ class MlxModelConfig:
     # The KV caches of earlier prompts kept for reuse, in bytes (0 turns reuse off). The
     # environment variable LIB_MLX_PROMPT_CACHE_BYTES overrides it (``with_env_overrides``).
     prompt_cache_bytes: int = Field(default=DEFAULT_PROMPT_CACHE_BYTES, ge=0)
+    # Sharded over the ranks that ``mlx.launch`` started (``core.sharding``): "tensor",
+    # "pipeline", or "auto" (what the architecture supports, tensor first); None: one process.
+    distributed: Literal["auto", "tensor", "pipeline"] | None = None
+    distributed_backend: Literal["any", "ring", "mpi", "nccl", "jaccl"] = "any"
+    # A step that the other ranks do not finish within this many seconds fails the open
+    # requests and the model (a rank that hangs), instead of hanging rank 0 with it.
+    distributed_timeout_s: float = Field(default=60.0, gt=0)
 
     def __post_init__(self) -> None:
         if not self.model_path and not self.model_id:

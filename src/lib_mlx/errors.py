@@ -173,6 +173,13 @@ class NotReadyError(LibMlxError):
 # --- generation ------------------------------------------------------------------------------
 
 
+class RankFailedError(NotReadyError):
+    """A model sharded over several processes lost one of them (it died, or stopped answering
+    within ``distributed_timeout_s``): the model cannot generate until it is loaded again."""
+
+    code = "rank_failed"
+
+
 class GenerationError(LibMlxError):
     status = 500
     type = "server_error"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .config import MlxModelConfig, MlxServerConfig, ServerInfo, with_env_overrides
-from .errors import ServerNotRunningError, UnknownHandleError
+from .errors import InvalidConfigError, LibMlxError, ServerNotRunningError, UnknownHandleError
 
 if TYPE_CHECKING:
     import openai
@@ -60,6 +60,8 @@ class LibMlxRuntime:
             self._check_alive(entry)
             if entry.server is not None and entry.server.running:
                 return entry.server.info
+            if entry.core.rank:
+                raise InvalidConfigError(f"rank {entry.core.rank} of a distributed model follows rank 0; only rank 0 serves")
             settings = config or MlxServerConfig()
             entry.core.queue_limit = settings.queue_limit
             entry.server = ServerHandle(entry.core, settings)
@@ -123,6 +125,23 @@ class LibMlxRuntime:
                 self.unload_model(handle)
             except UnknownHandleError:
                 pass
+
+    # a model sharded over several processes (``lib-mlx serve --distributed``) -------------
+    def distributed_rank(self, handle: int) -> int:
+        """This process's rank for a sharded model (0 serves; 0 also when not sharded)."""
+        entry = self._entry(handle)
+        with entry.lock:
+            self._check_alive(entry)
+            return entry.core.rank
+
+    def follow(self, handle: int) -> LibMlxError | None:
+        """On a rank other than 0: run rank 0's requests until it stops (blocking); the error
+        that ended the group, if one did."""
+        entry = self._entry(handle)
+        with entry.lock:
+            self._check_alive(entry)
+            core = entry.core
+        return core.follow()
 
     # conveniences -------------------------------------------------------------------------
     def server_info(self, handle: int) -> ServerInfo:

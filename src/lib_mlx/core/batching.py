@@ -73,15 +73,7 @@ class BatchRunner:
     def run(self, first: Job | Handoff) -> list[Job | None]:
         """Serve ``first`` and everything batchable that arrives meanwhile. Returns the queued
         items this run did not take (a request to run alone, the engine's stop marker)."""
-        from mlx_lm.generate import BatchGenerator
-
-        limit = self.limit
-        self.generator = BatchGenerator(
-            self.loaded.model,
-            completion_batch_size=limit,
-            prefill_batch_size=min(limit, MAX_PREFILL_BATCH),
-            prefill_step_size=PREFILL_STEP,
-        )
+        self.generator = self._new_generator()
         try:
             if isinstance(first, Handoff):
                 self._take_over(first)
@@ -115,6 +107,18 @@ class BatchRunner:
             self.generator.close()
             self.generator = None
         return self.leftovers
+
+    def _new_generator(self) -> Any:
+        """mlx-lm's batch for this run: up to ``limit`` requests decoding together, prompts
+        prefilled in chunks of ``PREFILL_STEP`` tokens, ``MAX_PREFILL_BATCH`` at a time."""
+        from mlx_lm.generate import BatchGenerator
+
+        return BatchGenerator(
+            self.loaded.model,
+            completion_batch_size=self.limit,
+            prefill_batch_size=min(self.limit, MAX_PREFILL_BATCH),
+            prefill_step_size=PREFILL_STEP,
+        )
 
     def _round_buffers(self) -> None:
         gen = self.generator

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..errors import LibMlxError
 from .decode import RequestStream
 from .events import Done, Failed, Usage
 from .failures import generation_failure
@@ -20,6 +21,9 @@ from .prompt_cache import PromptCache, generation_prompt_tails, history_end, nee
 from .request import Job, SamplingParams
 from .sampling import Sampler, request_sampler
 from .stats import StatsRecorder
+
+if TYPE_CHECKING:
+    from .lockstep import Lockstep
 
 
 class RunContext:
@@ -37,14 +41,21 @@ class RunContext:
         self.prompt_cache = prompt_cache
         self.stats = stats
         self.free_slot = free_slot  # frees the request's queue slot (idempotent)
+        # A model sharded over several processes: how its ranks keep in step (else None).
+        self.lockstep: Lockstep | None = None
 
     # the model's caches ----------------------------------------------------------------
-    @functools.cached_property
-    def model_caches(self) -> list[Any]:
-        """A fresh cache of the model's kind, to read its layer types from (built once)."""
+    def new_cache(self) -> list[Any]:
+        """An empty KV cache for one request run alone (one entry per layer, of the kinds the
+        model asks for). The batch builds its own from these kinds (``batching``)."""
         from mlx_lm.models.cache import make_prompt_cache
 
         return make_prompt_cache(self.loaded.model)
+
+    @functools.cached_property
+    def model_caches(self) -> list[Any]:
+        """A fresh cache of the model's kind, to read its layer types from (built once)."""
+        return self.new_cache()
 
     @functools.cached_property
     def batchable_model(self) -> bool:
@@ -93,9 +104,12 @@ class RunContext:
 
     def fail(self, job: Job, exc: BaseException) -> None:
         """End the request with ``Failed`` (the worker goes on)."""
+        if self.lockstep is not None:
+            exc = self.lockstep.request_failed(exc)
         self.fail_with(job, generation_failure(exc))
 
-    def fail_with(self, job: Job, error: Any) -> None:
+    def fail_with(self, job: Job, error: LibMlxError) -> None:
+        """End the request with ``Failed(error)``, an error already classified."""
         self.free_slot(job)
         self.stats.count("failed")
         job.generation.deliver([Failed(error)])

@@ -43,8 +43,9 @@ class RequestStream:
         self.release = release
         self.parser = make_parser(
             loaded.parser_spec,
-            tools=prompt.tools,
+            tools=prompt.tools or [],  # a call to a function not offered is text
             starts_in_reasoning=prompt.starts_in_reasoning,
+            prefill=prompt.assistant_prefix,  # injected: never given back as text
             parse_tools=prompt.parse_tools,
         )
         self.max_tool_calls = prompt.max_tool_calls
@@ -55,7 +56,6 @@ class RequestStream:
         self.reasoning_tokens = 0
         self.tool_calls = 0
         self.finish_reason: str | None = None
-        self.pending: list[Event] = self.parser.feed(prompt.assistant_prefix) if prompt.assistant_prefix else []
         self.t_start = time.perf_counter()
         self.t_first = self.t_start
         # Penalties, bias, thinking budget and grammar (``core.processors``); the engine hands
@@ -86,9 +86,6 @@ class RequestStream:
         if self.logprobs is not None and logprobs is not None and self._answer_token(token):
             events.insert(0, self.logprobs(token, logprobs))
         events, stopped = self.stops.apply(events)
-        if self.pending:
-            events = self.pending + events
-            self.pending = []
         if events:
             for event in events:
                 if type(event) is ToolCallEnd:
@@ -109,7 +106,7 @@ class RequestStream:
     def finish(self, reason: str) -> None:
         """Flush held-back text and deliver ``Done``. The request's queue slot is released
         first, so that a client may send its next request the moment it sees the end."""
-        pending = self.pending
+        pending: list[Event] = []
         if reason != "cancelled":
             self.detokenizer.finalize()
             segment = self.detokenizer.last_segment
@@ -117,7 +114,7 @@ class RequestStream:
             tail += self.parser.finish()
             tail, _ = self.stops.apply(tail, final=True)
             self.tool_calls += sum(isinstance(e, ToolCallEnd) for e in tail)
-            pending = pending + tail
+            pending += tail
             if self.tool_calls and reason == "stop":
                 reason = "tool_calls"
         self.finish_reason = reason

@@ -27,9 +27,10 @@ import os
 import queue
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from ..errors import CancelledError, QueueFullError
+from ..errors import CancelledError, LibMlxError, QueueFullError
 from . import single
 from .batching import BatchRunner
 from .context import RunContext
@@ -39,6 +40,9 @@ from .prompt_cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, PromptCache
 from .request import Arrival, Generation, Job, SamplingParams
 from .single import Handoff
 from .stats import EngineStats, StatsRecorder
+
+if TYPE_CHECKING:
+    from .lockstep import Lockstep
 
 log = logging.getLogger("lib_mlx.engine")
 
@@ -75,6 +79,9 @@ class Engine:
         self._active: set[Generation] = set()
         self._closed = False
         self._ctx = RunContext(loaded, self.prompt_cache, self._stats, self._free_slot)
+        self._current: Job | None = None  # the request the worker runs now (distributed only)
+        if loaded.distributed is not None:
+            self._ctx.lockstep = _lockstep(loaded, self.prompt_cache, self._stalled)
         _materialize(loaded.model)
         self._thread = threading.Thread(target=self._run, name=f"lib_mlx-engine-{loaded.model_id}", daemon=True)
         self._thread.start()
@@ -91,6 +98,12 @@ class Engine:
         """Requests announced (``announce``) that have not reached ``submit`` yet."""
         with self._lock:
             return self._announced
+
+    @property
+    def failure(self) -> LibMlxError | None:
+        """Why the model cannot generate any more (a distributed group that lost a rank)."""
+        lockstep = self._ctx.lockstep
+        return lockstep.failure if lockstep is not None else None
 
     def stats(self) -> EngineStats:
         """A snapshot of what the engine has done, and of its queue now."""
@@ -140,6 +153,8 @@ class Engine:
             self._close_arrival(arrival)
             if self._closed:
                 raise CancelledError("the model is unloading")
+            if self._ctx.lockstep is not None and self._ctx.lockstep.failure is not None:
+                raise self._ctx.lockstep.failure
             if len(self._active) >= self.queue_limit:
                 self._stats.count("rejected")
                 raise QueueFullError()
@@ -172,11 +187,21 @@ class Engine:
         # On Apple silicon keep the model wired in memory while this worker lives, as
         # mlx_lm.stream_generate does around each generation (no-op elsewhere).
         old_wired_limit = _wire_model()
+        lockstep = ctx.lockstep
         try:
+            if lockstep is not None and not lockstep.info.is_leader:
+                self._follow(lockstep)
+                return
             while True:
                 job = backlog.popleft() if backlog else jobs.get()
                 if job is None:
                     return
+                if lockstep is not None:
+                    self._current = job
+                    single.run(ctx, job)
+                    self._current = None
+                    _end_step(lockstep)
+                    continue
                 if not self._batching(job):
                     single.run(ctx, job)
                     continue
@@ -190,8 +215,31 @@ class Engine:
                 # request's own KV cache would otherwise stay alive until then.
                 job = first = None
         finally:
+            if lockstep is not None:
+                lockstep.close()  # the other ranks stop with rank 0
             self.prompt_cache.clear()  # MLX arrays die on the thread that made them
             _unwire(old_wired_limit)
+
+    def _follow(self, lockstep: Lockstep) -> None:
+        """A rank other than 0: run rank 0's requests, step for step, until it stops."""
+        while not self._closed:
+            job = lockstep.follow()
+            if job is None:
+                return
+            single.run(self._ctx, job)
+            _end_step(lockstep)
+
+    def follower_done(self, timeout: float | None = None) -> bool:
+        """A rank other than 0: wait until rank 0 stops (or the group fails); whether it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _stalled(self, error: LibMlxError) -> None:
+        """The watchdog's word that the other ranks stopped answering (on its thread): end the
+        request the worker is stuck in; ``submit`` refuses the rest."""
+        job = self._current
+        if job is not None:
+            self._ctx.fail_with(job, error)
 
     def _await_announced(self) -> None:
         """Give requests announced as on their way (``announce``) up to ``ARRIVAL_WAIT`` to
@@ -202,13 +250,33 @@ class Engine:
 
     def _batching(self, job: Job) -> bool:
         """Batch when more than one request may be in flight and both model and prompt allow."""
-        return self.queue_limit > 1 and self._ctx.batchable_model and job.batchable
+        return self.queue_limit > 1 and self._ctx.lockstep is None and self._ctx.batchable_model and job.batchable
 
     def _free_slot(self, job: Job) -> None:
         """Free the request's queue slot (idempotent); done before its last event goes out."""
         job.generation.finished.set()
         with self._lock:
             self._active.discard(job.generation)
+
+
+def _lockstep(loaded: LoadedModel, prompt_cache: PromptCache, on_stall: Callable[[LibMlxError], None]) -> Lockstep:
+    """How a sharded model's ranks keep in step. Each rank keeps its own prompt cache and must
+    make the same decisions with it as rank 0 does: bytes per rank differ (a pipeline stage
+    holds only its layers' KV), so the cache is bounded by its entry count alone."""
+    from .lockstep import Lockstep
+
+    info = loaded.distributed
+    prompt_cache.max_bytes = prompt_cache.max_bytes and (1 << 62)
+    lockstep = Lockstep(info, timeout_s=info.timeout_s)
+    lockstep.on_stall(on_stall)
+    return lockstep
+
+
+def _end_step(lockstep: Lockstep) -> None:
+    try:
+        lockstep.end()
+    except LibMlxError:
+        pass  # the group is marked failed; later requests are refused with it
 
 
 def _wait_for_os_thread(native_id: int | None, limit: float = 1.0) -> None:

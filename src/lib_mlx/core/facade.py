@@ -12,7 +12,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from ..config import MlxModelConfig
+from ..config import DEFAULT_PROMPT_CACHE_BYTES, MlxModelConfig
+from ..errors import LibMlxError
 from .engine import Engine
 from .loader import LoadedModel, load
 from .prompt import ChatPrompt, RenderedPrompt, render
@@ -66,6 +67,10 @@ class InferenceCore(Protocol):
         first grammar of a large vocabulary takes a while: call it off the event loop."""
         ...
 
+    def count_tokens(self, prompt: RenderedPrompt) -> int:
+        """The prompt's length as the model reads it (media expanded to their soft tokens)."""
+        ...
+
     def announce(self) -> Arrival | None:
         """A request is on its way (its prompt renders); pass the result to ``submit``."""
         ...
@@ -94,10 +99,11 @@ class InferenceCore(Protocol):
 class MlxCore:
     """One loaded model and the worker that generates with it (the real ``InferenceCore``)."""
 
-    def __init__(self, loaded: LoadedModel, queue_limit: int = 1, *, prompt_cache_bytes: int | None = None) -> None:
+    def __init__(
+        self, loaded: LoadedModel, queue_limit: int = 1, *, prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES
+    ) -> None:
         self.loaded = loaded
-        kwargs = {} if prompt_cache_bytes is None else {"prompt_cache_bytes": prompt_cache_bytes}
-        self._engine = Engine(loaded, queue_limit=queue_limit, **kwargs)
+        self._engine = Engine(loaded, queue_limit=queue_limit, prompt_cache_bytes=prompt_cache_bytes)
 
     @classmethod
     def load(cls, config: MlxModelConfig, queue_limit: int = 1) -> "MlxCore":
@@ -123,15 +129,22 @@ class MlxCore:
 
     def status(self) -> dict[str, Any]:
         loaded = self.loaded
+        failure = self._engine.failure
+        model: dict[str, Any] = {
+            "status": "ready" if failure is None else "failed",
+            "model_id": loaded.model_id,
+            "model_path": str(loaded.model_path),
+            "model_type": loaded.model_type,
+            "context_length": loaded.context_length,
+            "thinking_enabled": loaded.thinking_enabled,
+        }
+        if failure is not None:
+            model["error"] = failure.to_abi()["error"]
+        if loaded.distributed is not None:
+            # Sharded over several processes: the mode, the ranks and each rank's memory.
+            model["distributed"] = loaded.distributed.to_dict()
         return {
-            "model": {
-                "status": "ready",
-                "model_id": loaded.model_id,
-                "model_path": str(loaded.model_path),
-                "model_type": loaded.model_type,
-                "context_length": loaded.context_length,
-                "thinking_enabled": loaded.thinking_enabled,
-            },
+            "model": model,
             # Vision/audio towers: which are resident and the bytes they take (null for a
             # text-only model).
             "multimodal": loaded.vlm.status() if loaded.vlm is not None else None,
@@ -152,6 +165,20 @@ class MlxCore:
 
     def stats(self) -> EngineStats:
         return self._engine.stats()
+
+    # a model sharded over several processes --------------------------------------------
+    @property
+    def rank(self) -> int:
+        """This process's rank in a distributed group (0 alone serves); 0 when not sharded."""
+        info = self.loaded.distributed
+        return info.rank if info is not None else 0
+
+    def follow(self) -> LibMlxError | None:
+        """A rank other than 0: run rank 0's requests until it stops; why the group failed,
+        if it did."""
+        while not self._engine.follower_done(timeout=1.0):
+            pass
+        return self._engine.failure
 
     def clear_prompt_cache(self) -> None:
         """Drop every kept KV cache (the next request of a conversation prefills it all).

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import MlxModelConfig
-from ..errors import ModelLoadError, ModelNotFoundError
+from ..errors import LibMlxError, ModelLoadError, ModelNotFoundError
 from .parsers import ParserSpec, parser_spec_from_tokenizer
 
 log = logging.getLogger("lib_mlx.loader")
@@ -34,6 +34,8 @@ class LoadedModel:
     # A model with vision/audio towers: the ``core.vlm.VlmModel`` (``model`` is then its
     # mlx-lm-shaped language half and ``tokenizer`` its mlx-lm tokenizer).
     vlm: Any = None
+    # A model sharded over several processes: ``core.sharding.DistributedInfo``.
+    distributed: Any = None
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -104,14 +106,19 @@ def _generation_defaults(path: Path) -> dict[str, Any]:
 
 
 def load(config: MlxModelConfig) -> LoadedModel:
-    """Load the model and tokenizer with mlx-lm (the path a user's own model takes)."""
+    """Load the model and tokenizer with mlx-lm (the path a user's own model takes), or this
+    rank's shard of it when ``config.distributed`` is set."""
     path = resolve_model_path(config)
-    vlm = _load_multimodal(path, config)
+    vlm = distributed = None
     try:
-        import mlx_lm
+        if config.distributed:
+            model, tokenizer, distributed = _load_sharded(path, config)
+        else:
+            vlm = _load_multimodal(path, config)
+            import mlx_lm
 
-        model, tokenizer = (vlm.language, vlm.tokenizer) if vlm is not None else mlx_lm.load(str(path))
-    except ModelNotFoundError:
+            model, tokenizer = (vlm.language, vlm.tokenizer) if vlm is not None else mlx_lm.load(str(path))
+    except LibMlxError:
         raise
     except Exception as exc:
         raise ModelLoadError(f"could not load model from {path}: {type(exc).__name__}: {exc}") from None
@@ -127,7 +134,18 @@ def load(config: MlxModelConfig) -> LoadedModel:
         generation_defaults=_generation_defaults(path),
         thinking_enabled=config.thinking_enabled,
         vlm=vlm,
+        distributed=distributed,
     )
+
+
+def _load_sharded(path: Path, config: MlxModelConfig) -> tuple[Any, Any, Any]:
+    """This rank's shard of a model served by several processes (``core.sharding``)."""
+    from .sharding import load_sharded
+    from .vlm import is_multimodal_model_dir
+
+    if is_multimodal_model_dir(path):
+        raise ModelLoadError("distributed serving takes text models (mlx-lm's sharded_load); this one has vision/audio towers")
+    return load_sharded(path, config.distributed or "auto", config.distributed_backend, config.distributed_timeout_s)
 
 
 def _load_multimodal(path: Path, config: MlxModelConfig) -> Any:

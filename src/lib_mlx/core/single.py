@@ -64,17 +64,19 @@ def run(ctx: RunContext, job: Job, *, still_alone: Callable[[], bool] | None = N
 def _generate(ctx: RunContext, job: Job, still_alone: Callable[[], bool] | None) -> Handoff | None:
     import mlx.core as mx
     from mlx_lm.generate import generate_step
-    from mlx_lm.models.cache import make_prompt_cache
 
     t_start = time.perf_counter()
     ctx.stats.count("single_runs")
+    lockstep = ctx.lockstep
+    if lockstep is not None:
+        lockstep.begin(job)  # rank 0 hands the request to the other ranks (and seeds it)
     loaded, params = ctx.loaded, job.params
     inputs = prompt_inputs(loaded, job.prompt)
     tokens = inputs.tokens
     n_prompt = len(tokens)
     store = ctx.prompt_cache if (inputs.cacheable and ctx.prompt_cache.enabled) else None
     hit = store.fetch(tokens) if store is not None else None
-    cache = hit.cache if hit is not None else make_prompt_cache(loaded.model)
+    cache = hit.cache if hit is not None else ctx.new_cache()
     reused = hit.reused if hit is not None else 0
     if hit is not None:
         reserve(cache, n_prompt - reused)
@@ -109,6 +111,12 @@ def _generate(ctx: RunContext, job: Job, still_alone: Callable[[], bool] | None)
         for token, logprobs in steps:
             fed.append(token)
             finished = add(token, logprobs)
+            if lockstep is not None:
+                # Every rank runs the forward passes rank 0 runs: it alone decides the end.
+                if lockstep.agree(finished is None):
+                    continue
+                reason = finished or "cancelled"
+                break
             if finished is not None:
                 reason = finished
                 break

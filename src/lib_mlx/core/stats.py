@@ -71,8 +71,8 @@ class EngineStats:
     batch_tokens: int = 0  # tokens produced by batch steps (mean batch size: tokens / steps)
     max_batch_size: int = 0  # most requests decoding in one step
     # timings (seconds, summed over requests / steps)
-    prefill_seconds: float = 0.0  # submit-to-first-token of finished requests (Timings.prompt_seconds)
-    decode_seconds: float = 0.0  # first-to-last token of finished requests
+    prefill_seconds: float = 0.0  # prompt processing up to the first token (Timings.prompt_seconds)
+    decode_seconds: float = 0.0  # first to last token (Timings.decode_seconds)
     step_seconds: float = 0.0  # inside batch steps
     recent_steps: tuple[StepRecord, ...] = field(default=(), repr=False)
 

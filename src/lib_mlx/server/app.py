@@ -15,8 +15,9 @@ from .chat.serving import create_chat_completion
 from .context import DisconnectMiddleware, ServerContext
 from .errors import handle_http_error, handle_lib_error, handle_unexpected
 from .messages import count_tokens, create_message
-from .models import health, list_models
+from .models import health, list_models, retrieve_model
 from .page import page_routes
+from .request_id import RequestIdMiddleware
 from .responses import ResponseStore, create_response, delete_response, get_response
 from .security import AccessMiddleware, BodyLimitMiddleware, allowed_hosts
 
@@ -25,6 +26,7 @@ def build_app(ctx: ServerContext, *, port: int) -> Starlette:
     routes = [
         Route("/health", health, methods=["GET"]),
         Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", retrieve_model, methods=["GET"]),
         Route("/v1/chat/completions", create_chat_completion, methods=["POST"]),
         Route("/v1/responses", create_response, methods=["POST"]),
         Route("/v1/messages", create_message, methods=["POST"]),
@@ -48,8 +50,10 @@ def build_app(ctx: ServerContext, *, port: int) -> Starlette:
                 allow_origins=list(ctx.settings.allowed_origins),
                 allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                 allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version", "anthropic-beta"],
+                expose_headers=["x-request-id", "request-id"],
             ),
         )
+    middleware.insert(0, Middleware(RequestIdMiddleware))
     app = Starlette(
         routes=routes,
         middleware=middleware,

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse
 
 from ..core.failures import classify
 from ..errors import InvalidRequestError, LibMlxError, NotFoundError
+from .request_id import id_headers
 
 log = logging.getLogger("lib_mlx.server")
 
@@ -108,4 +109,10 @@ async def handle_http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s", request.url.path)
-    return error_response(classify(exc), request.url.path)
+    response = error_response(classify(exc), request.url.path)
+    # Starlette answers these from outside every middleware: name the request here too.
+    request_id = getattr(request.state, "request_id", None)
+    if request_id:
+        for name, value in id_headers(request.url.path, request_id.encode()):
+            response.headers[name.decode()] = value.decode()
+    return response

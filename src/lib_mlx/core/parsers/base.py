@@ -13,14 +13,20 @@ block into ``ToolCall*`` events; everything else lives here:
 * **Malformed calls.** A block's text goes back raw (markers included) to the channel it
   began in — content, or reasoning if the block opened inside reasoning — and scanning
   resumes right after the point where it stopped making sense (see ``CallBlock``).
-* **Reasoning tokens.** Every character of the output is classified once (marker, reasoning,
-  answer, call); a token counts as a reasoning token iff at least one of its characters lies
-  inside a reasoning block, i.e. strictly between the start marker (Gemma 4: the whole
-  ``<|channel>thought``) and the end marker; an empty-text token (half a UTF-8 character)
-  counts iff it arrives while the parser is in reasoning. ``reasoning_tokens`` is exact
-  (final after ``finish()``); ``in_reasoning`` is the same judgement for the token just fed,
-  made at once — it can only differ when a marker arrives split over several tokens. Text
-  given as ``prefill`` or fed with ``token=False`` adds no token.
+* **Reasoning tokens.** Every character of the output is classified once (reasoning, answer,
+  call); a token counts as a reasoning token iff at least one of its characters belongs to a
+  reasoning block the model wrote, its markers included (Qwen3's ``<think>`` and
+  ``</think>``, Gemma 4's whole ``<|channel>thought`` and ``<channel|>``): what the model
+  spent on thinking, as OpenAI counts it. A start marker the prompt wrote adds nothing. An
+  empty-text token (half a UTF-8 character) counts iff it arrives while the parser is in
+  reasoning. ``reasoning_tokens`` is exact (final after ``finish()``); ``in_reasoning`` is
+  the same judgement for the token just fed, made at once — it can only differ when a marker
+  arrives split over several tokens. Text given as ``prefill`` or fed with ``token=False``
+  adds no token.
+* **Only offered functions.** A call to a function the request did not offer is not a call:
+  its block goes back raw like a malformed one (``tools=None`` turns the check off).
+* **Injected text.** ``prefill`` (a forced call's opening, written by the prompt) is never
+  given back: if the model does not continue it, only what the model wrote comes back.
 * **Calls inside reasoning.** A tool-call block that opens inside reasoning is parsed like any
   other; a well-formed call ends the reasoning (as in mlx-lm), a malformed one goes back to
   the reasoning text.
@@ -37,6 +43,7 @@ from typing import Callable
 from mlx_lm.generate import TextStateMachine
 
 from ..events import Event, ReasoningDelta, TextDelta, ToolCallArgumentsDelta, ToolCallEnd, ToolCallStart
+from ._json import Malformed
 
 NORMAL, REASONING, TOOL = "normal", "reasoning", "tool"
 
@@ -115,7 +122,10 @@ class CallBlock:
     def feed(self, text: str) -> int | None:
         """Read ``text``; the index where it stops belonging to a call, or None."""
         self._base = self.fed
-        k = self._consume(text)
+        try:
+            k = self._consume(text)
+        except Malformed:  # a function that was not offered (``_commit``)
+            k = len(text)
         self._raw.append(text if k is None else text[:k])
         self.fed += len(text) if k is None else k
         if k is not None and self._open is not None:
@@ -155,6 +165,8 @@ class CallBlock:
         return False
 
     def _commit(self, name: str) -> None:
+        if not self._parser.offers(name):
+            raise Malformed(f"function {name!r} was not offered")
         index, call_id = self._parser._call_start(self, name)
         self._open = [index, call_id, name, []]
 
@@ -222,6 +234,8 @@ class StreamParser:
         self.spec = spec
         self.family = family
         self.tools = tools
+        self._offered = None if tools is None else frozenset(_tool_names(tools))
+        self._prefill = len(prefill)
         self.in_reasoning = False
         self.reasoning_tokens = 0
         self._sm, self._markers = _machine(ts, te, cs, ce)
@@ -247,6 +261,10 @@ class StreamParser:
             self._scan(prefill)
 
     # -- public interface --------------------------------------------------------------------
+    def offers(self, name: str) -> bool:
+        """Whether a call to ``name`` may be returned as a call."""
+        return self._offered is None or name in self._offered
+
     def feed(self, text: str, *, token: bool = True) -> list[Event]:
         """One generated token's text → the events it completes. ``token=False``: the text
         continues the previous token (e.g. the detokenizer's ``finalize()`` tail), so it adds
@@ -341,7 +359,7 @@ class StreamParser:
         if src == TOOL:
             origin = self._close_block(marker)
             return (at, REASONING) if origin == REASONING else None
-        self._mark(end, False)
+        self._mark(end, True)  # a thinking marker the model wrote is reasoning it spent
         if dst == REASONING:
             self._reason_lstrip = True
             self._reason_ws = "\n\n" if self._reasoned else ""
@@ -365,7 +383,9 @@ class StreamParser:
 
     def _give_back(self, block: CallBlock, end: int, marker: str = "") -> None:
         self._mark(end, block.origin == REASONING)
-        self._text(block.origin, block.unresolved() + marker)
+        text = block.unresolved() + marker
+        injected = self._prefill - (self._block_at + block.resolved)
+        self._text(block.origin, text[injected:] if injected > 0 else text)
 
     # -- output channels ---------------------------------------------------------------------
     def _text(self, state: str, text: str) -> None:
@@ -444,3 +464,12 @@ class StreamParser:
         while tokens and tokens[0][1] <= upto:
             tokens.popleft()[3] = False
 
+
+def _tool_names(tools: list[dict]) -> list[str]:
+    """Function names of chat-shaped (``{"function": {"name"}}``) or flat (``{"name"}``) tools."""
+    names = []
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool.get("function"), dict) else tool
+        if isinstance(function.get("name"), str):
+            names.append(function["name"])
+    return names

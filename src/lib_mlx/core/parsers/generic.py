@@ -49,8 +49,8 @@ class MlxLmCalls(CallBlock):
         except Exception as e:  # a model's malformed call is content, never a failure
             log.info("tool call not parsed by %s (%s: %s)", name, type(e).__name__, e)
             return True
-        if not calls:
-            return True
+        if not calls or not all(self._parser.offers(name) for name, _ in calls):
+            return True  # nothing, or a function that was not offered: the block is text
         self._base = 0
         for name, args in calls:
             self._commit(name)

@@ -85,12 +85,13 @@ def make_parser(
 ) -> StreamParser:
     """A parser for one request.
 
-    ``tools``: the request's tools (a well-formed call is returned as a call even when none
-    were given; the server decides what ``tool_choice`` allows). ``starts_in_reasoning``: the
-    prompt already opened the reasoning block. ``prefill``: text the prompt already placed at
+    ``tools``: the request's tools; a call to a function not among them comes back as text
+    (``None``: no check, for whole-text helpers; the server decides what ``tool_choice``
+    allows). ``starts_in_reasoning``: the prompt already opened the reasoning block. ``prefill``: text the prompt already placed at
     the start of the assistant turn (an opened ``<think>``, a forced ``<tool_call>``…); it is
-    parsed as if generated but counts as no token, and the events it completes (a
-    ``ToolCallStart`` for a forced function name) come with the first ``feed()``.
+    parsed as if generated but counts as no token and is never given back as text, and the
+    events it completes (a ``ToolCallStart`` for a forced function name) come with the first
+    ``feed()``.
     ``parse_tools=False`` (``tool_choice: "none"``): tool-call markup stays answer text.
     """
     name = detect_family(spec) if spec.family == "auto" else spec.family

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from ..wire import WireModel
 
 from .. import rules
 
 _LENIENT = ConfigDict(extra="allow", strict=True)
 
 
-class FunctionDef(BaseModel):
+class FunctionDef(WireModel):
     model_config = _LENIENT
     name: str = Field(min_length=1, max_length=256)
     description: str | None = None
@@ -26,37 +28,37 @@ class FunctionDef(BaseModel):
     strict: bool | None = None
 
 
-class Tool(BaseModel):
+class Tool(WireModel):
     model_config = _LENIENT
     type: Literal["function"]
     function: FunctionDef
 
 
-class NamedFunction(BaseModel):
+class NamedFunction(WireModel):
     model_config = _LENIENT
     name: str
 
 
-class NamedToolChoice(BaseModel):
+class NamedToolChoice(WireModel):
     model_config = _LENIENT
     type: Literal["function"]
     function: NamedFunction
 
 
-class ToolCallFunction(BaseModel):
+class ToolCallFunction(WireModel):
     model_config = _LENIENT
     name: str
     arguments: str | dict[str, Any] = ""
 
 
-class ToolCallIn(BaseModel):
+class ToolCallIn(WireModel):
     model_config = _LENIENT
     id: str | None = None
     type: Literal["function"] = "function"
     function: ToolCallFunction
 
 
-class ContentPart(BaseModel):
+class ContentPart(WireModel):
     """One part of a message's content. Media parts (``image_url``, ``input_audio``) are decoded
     by the media layer."""
 
@@ -67,7 +69,7 @@ class ContentPart(BaseModel):
     input_audio: dict[str, Any] | None = None
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(WireModel):
     model_config = _LENIENT
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
@@ -86,12 +88,12 @@ class ChatMessage(BaseModel):
         return self
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(WireModel):
     model_config = _LENIENT
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(WireModel):
     model_config = _LENIENT
 
     model: str | None = None

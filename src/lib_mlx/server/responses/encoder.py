@@ -8,10 +8,17 @@ after ``Done``/``Failed`` the terminal ``response.completed`` / ``response.incom
 non-streaming body). Per output item the events follow the lifecycle
 
     output_item.added
-      reasoning: reasoning_text.delta... reasoning_text.done
+      reasoning: content_part.added, reasoning_text.delta... reasoning_text.done, content_part.done
       message:   content_part.added, output_text.delta... output_text.done, content_part.done
       call:      function_call_arguments.delta... function_call_arguments.done
     output_item.done
+
+openai-node's stream accumulator needs the reasoning item's ``content_part.added`` before its
+first delta. When the request asks for ``reasoning.summary``, the reasoning item also carries
+one ``summary_text`` part with the same text (a local model writes no separate summary: its
+reasoning is the honest one), streamed as ``reasoning_summary_part.added``,
+``reasoning_summary_text.delta``... ``.done``, ``reasoning_summary_part.done`` beside the
+content events -- LangChain, pydantic-ai and the AI SDK show reasoning only from summaries.
 
 Events are plain dicts in the exact shapes of ``openai.types.responses`` (the tests validate
 them there), so the server needs no ``openai`` package. Text is kept as lists of pieces and
@@ -103,6 +110,11 @@ class ResponseEncoder:
     def finished(self) -> bool:
         return self.response is not None
 
+    @property
+    def summarize(self) -> bool:
+        """The request asked for ``reasoning.summary`` (any of auto/concise/detailed)."""
+        return bool((self.base.get("reasoning") or {}).get("summary"))
+
     # public -------------------------------------------------------------------------------
     def snapshot(self, status: str) -> dict[str, Any]:
         body = dict(self.base)
@@ -179,6 +191,16 @@ class ResponseEncoder:
                     delta=text,
                 )
             )
+            if self.summarize:
+                out.append(
+                    self._event(
+                        "response.reasoning_summary_text.delta",
+                        item_id=current.id,
+                        output_index=current.index,
+                        summary_index=0,
+                        delta=text,
+                    )
+                )
         else:
             logprobs, self._logprobs = self._logprobs, []
             current.logprobs += logprobs
@@ -199,6 +221,25 @@ class ResponseEncoder:
             item = {"id": new_id("rs"), "type": "reasoning", "summary": [], "content": [], "status": "in_progress"}
             current, added = self._open(kind, item)
             out.append(added)
+            out.append(
+                self._event(
+                    "response.content_part.added",
+                    item_id=current.id,
+                    output_index=current.index,
+                    content_index=0,
+                    part=_reasoning_text(""),
+                )
+            )
+            if self.summarize:
+                out.append(
+                    self._event(
+                        "response.reasoning_summary_part.added",
+                        item_id=current.id,
+                        output_index=current.index,
+                        summary_index=0,
+                        part=_summary_text(""),
+                    )
+                )
         else:
             item = {"id": new_id("msg"), "type": "message", "role": "assistant", "status": "in_progress", "content": []}
             current, added = self._open(kind, item)
@@ -224,7 +265,7 @@ class ResponseEncoder:
         item["status"] = status
         out: list[StreamEvent] = []
         if current.kind == "reasoning":
-            item["content"] = [{"type": "reasoning_text", "text": text}]
+            item["content"] = [_reasoning_text(text)]
             out.append(
                 self._event(
                     "response.reasoning_text.done",
@@ -234,6 +275,35 @@ class ResponseEncoder:
                     text=text,
                 )
             )
+            out.append(
+                self._event(
+                    "response.content_part.done",
+                    item_id=current.id,
+                    output_index=current.index,
+                    content_index=0,
+                    part=_reasoning_text(text),
+                )
+            )
+            if self.summarize:
+                item["summary"] = [_summary_text(text)]
+                out.append(
+                    self._event(
+                        "response.reasoning_summary_text.done",
+                        item_id=current.id,
+                        output_index=current.index,
+                        summary_index=0,
+                        text=text,
+                    )
+                )
+                out.append(
+                    self._event(
+                        "response.reasoning_summary_part.done",
+                        item_id=current.id,
+                        output_index=current.index,
+                        summary_index=0,
+                        part=_summary_text(text),
+                    )
+                )
         else:
             current.logprobs += self._logprobs  # tokens whose text never came (held back, cut)
             self._logprobs = []
@@ -340,3 +410,11 @@ class ResponseEncoder:
 
 def _output_text(text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": list(logprobs or [])}
+
+
+def _reasoning_text(text: str) -> dict[str, Any]:
+    return {"type": "reasoning_text", "text": text}
+
+
+def _summary_text(text: str) -> dict[str, Any]:
+    return {"type": "summary_text", "text": text}

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from .. import rules
+from ..wire import WireModel
 
 _LENIENT = ConfigDict(extra="allow", strict=True)
 
@@ -18,7 +19,7 @@ _LENIENT = ConfigDict(extra="allow", strict=True)
 # --- content parts -------------------------------------------------------------------------
 
 
-class ContentPart(BaseModel):
+class ContentPart(WireModel):
     """One part of a message's content: text (``input_text``/``output_text``), a refusal, or
     media handed to the media layer (``input_image``, ``input_audio``)."""
 
@@ -44,7 +45,7 @@ class ContentPart(BaseModel):
 # --- input items ---------------------------------------------------------------------------
 
 
-class MessageItem(BaseModel):
+class MessageItem(WireModel):
     model_config = _LENIENT
     type: Literal["message"] = "message"
     role: Literal["user", "assistant", "system", "developer"]
@@ -53,7 +54,7 @@ class MessageItem(BaseModel):
     status: str | None = None
 
 
-class FunctionCallItem(BaseModel):
+class FunctionCallItem(WireModel):
     model_config = _LENIENT
     type: Literal["function_call"]
     call_id: str = Field(min_length=1)
@@ -63,7 +64,7 @@ class FunctionCallItem(BaseModel):
     status: str | None = None
 
 
-class FunctionCallOutputItem(BaseModel):
+class FunctionCallOutputItem(WireModel):
     model_config = _LENIENT
     type: Literal["function_call_output"]
     call_id: str = Field(min_length=1)
@@ -72,13 +73,13 @@ class FunctionCallOutputItem(BaseModel):
     status: str | None = None
 
 
-class ReasoningText(BaseModel):
+class ReasoningText(WireModel):
     model_config = _LENIENT
     type: Literal["reasoning_text", "summary_text"]
     text: str
 
 
-class ReasoningItem(BaseModel):
+class ReasoningItem(WireModel):
     model_config = _LENIENT
     type: Literal["reasoning"]
     id: str | None = None
@@ -88,12 +89,20 @@ class ReasoningItem(BaseModel):
     status: str | None = None
 
 
-_ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
+class ItemReference(WireModel):
+    """An earlier output item named by its id; the store resolves it (``store.resolve``)."""
+
+    model_config = _LENIENT
+    type: Literal["item_reference"]
+    id: str = Field(min_length=1)
+
+
+_ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning", "item_reference")
 
 
 def _item_type(value: Any) -> str | None:
     """The tag of an input item; a bare ``{"role", "content"}`` is a message."""
-    kind = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", None)
+    kind = (value.get("type") or "message") if isinstance(value, dict) else getattr(value, "type", None)
     return kind if kind in _ITEM_TYPES else None
 
 
@@ -101,7 +110,8 @@ InputItem = Annotated[
     Annotated[MessageItem, Tag("message")]
     | Annotated[FunctionCallItem, Tag("function_call")]
     | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
-    | Annotated[ReasoningItem, Tag("reasoning")],
+    | Annotated[ReasoningItem, Tag("reasoning")]
+    | Annotated[ItemReference, Tag("item_reference")],
     Discriminator(
         _item_type,
         custom_error_type="invalid_item_type",
@@ -113,7 +123,7 @@ InputItem = Annotated[
 # --- tools ---------------------------------------------------------------------------------
 
 
-class FunctionTool(BaseModel):
+class FunctionTool(WireModel):
     """A function tool in the flat Responses shape."""
 
     model_config = _LENIENT
@@ -124,13 +134,13 @@ class FunctionTool(BaseModel):
     strict: bool | None = None
 
 
-class NamedFunctionChoice(BaseModel):
+class NamedFunctionChoice(WireModel):
     model_config = _LENIENT
     type: Literal["function"]
     name: str
 
 
-class ReasoningParam(BaseModel):
+class ReasoningParam(WireModel):
     model_config = _LENIENT
     effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
     summary: Literal["auto", "concise", "detailed"] | None = None
@@ -141,7 +151,7 @@ class ReasoningParam(BaseModel):
 # --- the request ---------------------------------------------------------------------------
 
 
-class ResponsesRequest(BaseModel):
+class ResponsesRequest(WireModel):
     model_config = _LENIENT
 
     model: str | None = None

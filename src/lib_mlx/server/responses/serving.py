@@ -125,7 +125,7 @@ async def create_response(request: Request) -> Response:
     req = parse_request(await read_payload(ctx, request))
     ctx.check_model(req.model)
 
-    items = req.input_items()
+    items = store.resolve(req.input_items())
     if req.previous_response_id is not None:
         previous = store.get(req.previous_response_id)
         if previous is None:
