@@ -15,7 +15,8 @@ Two uses, both through ``grammar.GrammarProcessor``:
 Syntax per tool parser (``ParserSpec.tool_parser``). ``json_tools`` (Qwen3, Hermes):
 ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``, arguments checked against the
 schema. ``gemma4``: ``<|tool_call>call:name{key:<|"|>text<|"|>,n:1,...}<tool_call|>``, its own
-argument syntax -- enforced as syntax (names, keys, values, nesting), not against the schema.
+argument syntax -- for a strict tool shaped by its schema (see ``_GemmaArgs``), for any other
+any text up to the end marker (the name is enforced either way).
 Families without an entry get no call grammar (their forced calls stay as before).
 """
 
@@ -57,8 +58,13 @@ class GemmaSyntax:
     quote: str = '<|"|>'
 
     def rules(self, special: dict[str, int]) -> list[str]:
-        q = _literal(self.quote, special)
+        q = "g_q"
         return [
+            f"g_q: {_literal(self.quote, special)}",
+            # a tool that is not strict: any text up to the end marker (a special token, so
+            # the text cannot run past it); the parser reads what the model wrote, as before
+            'g_loose: "{" G_ANY',
+            "G_ANY: /(?s:.){0,4000}/",
             'g_args: "{" (g_pair ("," g_pair)*)? "}"',
             "g_pair: G_KEY \":\" g_value",
             'g_value: g_text | G_NUMBER | "true" | "false" | "null" | g_args | g_list',
@@ -164,32 +170,47 @@ def _literal(text: str, special: dict[str, int]) -> str:
     return json.dumps(text)
 
 
-def _arguments_schema(tool: dict[str, Any]) -> dict[str, Any]:
-    fn = tool.get("function", tool)
-    params = fn.get("parameters")
-    if fn.get("strict") and isinstance(params, dict):
-        return params
-    return {"type": "object"}
-
-
 def _json(schema: dict[str, Any]) -> str:
     """``%json`` for a Lark rule, with the answer grammar's whitespace rule."""
     return "%json " + json.dumps({**schema, "x-guidance": JSON_OPTIONS}, separators=(",", ":"))
 
 
-def _call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
-    variants = []
-    for tool in tools:
-        fn = tool.get("function", tool)
+# Any JSON object, bounded (keys of at most 64 characters, strings of at most 2,000, numbers
+# of at most ~40 characters, 16 whitespace characters between tokens), for the arguments of a
+# tool that is not ``strict``: a weak model cannot run on forever inside them.
+_ANY_JSON = r"""
+j_obj: "{" J_WS? (j_pair (J_WS? "," J_WS? j_pair)*)? J_WS? "}"
+j_pair: J_KEY J_WS? ":" J_WS? j_val
+j_arr: "[" J_WS? (j_val (J_WS? "," J_WS? j_val)*)? J_WS? "]"
+j_val: J_STR | J_NUM | "true" | "false" | "null" | j_obj | j_arr
+J_KEY: /"([^"\\\x00-\x1f]|\\["\\\/bfnrt]){1,64}"/
+J_STR: /"([^"\\\x00-\x1f]|\\["\\\/bfnrt]|\\u[0-9a-fA-F]{4}){0,2000}"/
+J_NUM: /-?(0|[1-9][0-9]{0,15})(\.[0-9]{1,16})?([eE][+-]?[0-9]{1,3})?/
+J_WS: /[ \t\r\n]{1,16}/
+"""
+
+
+def _arguments_rule(tool: dict[str, Any]) -> str:
+    """The Lark body of a tool's arguments: its schema where it is strict, else any object."""
+    fn = tool.get("function", tool)
+    params = fn.get("parameters")
+    if fn.get("strict") and isinstance(params, dict):
+        return _json(params)
+    return "j_obj"
+
+
+def _call_rules(tools: list[dict[str, Any]]) -> list[str]:
+    """``call``: one call object, ``{"name": <a tool>, "arguments": <its arguments>}``
+    (name first, as the families' templates write it); ``args_i``: tool ``i``'s arguments."""
+    ws = "J_WS?"
+    variants, rules = [], []
+    for i, tool in enumerate(tools):
+        name = json.dumps(json.dumps(tool.get("function", tool)["name"]))
+        rules.append(f"args_{i}: {_arguments_rule(tool)}")
         variants.append(
-            {
-                "type": "object",
-                "properties": {"name": {"const": fn["name"]}, "arguments": _arguments_schema(tool)},
-                "required": ["name", "arguments"],
-                "additionalProperties": False,
-            }
+            f'"{{" {ws} "\\"name\\"" {ws} ":" {ws} {name} {ws} "," {ws} "\\"arguments\\"" {ws} ":" {ws} args_{i} {ws} "}}"'
         )
-    return variants[0] if len(variants) == 1 else {"anyOf": variants}
+    return [f"call: {' | '.join(variants)}", *rules]
 
 
 def forced_call_grammar(
@@ -205,30 +226,24 @@ def forced_call_grammar(
     if isinstance(syntax, GemmaSyntax):
         return _gemma_forced(syntax, tools, name, parallel=parallel, special=special)
     start, end = _literal(syntax.start, special), _literal(syntax.end, special)
-    call = _json(_call_schema(tools))
     if name is not None:
-        tool = next(t for t in tools if t.get("function", t).get("name") == name)
-        first = _json(_arguments_schema(tool))
-        head = f'first_args "}}\\n" {end}'
-        rules = [f"first_args: {first}"]
+        i = next(i for i, t in enumerate(tools) if t.get("function", t).get("name") == name)
+        head = f'args_{i} J_WS? "}}" "\\n" {end}'
     else:
-        head = f'first_call "\\n" {end}'
-        rules = [f"first_call: {call}"]
+        head = f'call "\\n" {end}'
     more = f'("\\n" {start} "\\n" call "\\n" {end})*' if parallel else ""
-    lines = [f"start: {head} {more}".rstrip(), *rules]
-    if parallel:
-        lines.append(f"call: {call}")
+    lines = [f"start: {head} {more}".rstrip(), *_call_rules(tools), _ANY_JSON]
     return GrammarSpec.lark("\n".join(lines), param="tool_choice")
 
 
 def _gemma_calls(syntax: GemmaSyntax, tools: list[dict[str, Any]], special: dict[str, int]) -> tuple[_GemmaArgs, dict[str, str]]:
     """Per tool name, the rule of its arguments: schema-shaped for a strict tool."""
-    args = _GemmaArgs(_literal(syntax.quote, special))
+    args = _GemmaArgs("g_q")
     by_name = {}
     for tool in tools:
         fn = tool.get("function", tool)
         params = fn.get("parameters")
-        by_name[fn["name"]] = args.object(params) if fn.get("strict") and isinstance(params, dict) else "g_args"
+        by_name[fn["name"]] = args.object(params) if fn.get("strict") and isinstance(params, dict) else "g_loose"
     return args, by_name
 
 
@@ -251,8 +266,8 @@ def strict_call_grammar(syntax: CallSyntax, tools: list[dict[str, Any]], special
         args, by_name = _gemma_calls(syntax, tools, special)
         call = " | ".join(f'"call:" {json.dumps(n)} {rule}' for n, rule in by_name.items())
         return GrammarSpec.lark("\n".join([f"start: ({call}) {end}", *args.rules, *syntax.rules(special)]), param="tools")
-    call = _json(_call_schema(tools))
-    return GrammarSpec.lark(f'start: "\\n" call "\\n" {end}\ncall: {call}', param="tools")
+    lines = [f'start: "\\n" call "\\n" {end}', *_call_rules(tools), _ANY_JSON]
+    return GrammarSpec.lark("\n".join(lines), param="tools")
 
 
 def answer_or_calls(answer: GrammarSpec, syntax: CallSyntax, tools: list[dict[str, Any]], special: dict[str, int]) -> GrammarSpec:
@@ -267,9 +282,14 @@ def answer_or_calls(answer: GrammarSpec, syntax: CallSyntax, tools: list[dict[st
         body = _json({"type": "object"})
     else:
         return answer  # a custom grammar stays as it is
-    call = _json(_call_schema(tools))
-    grammar = f'start: answer | calls\nanswer: {body}\ncalls: ({start} "\\n" call "\\n" {end})+\ncall: {call}'
-    return GrammarSpec.lark(grammar, param=answer.param)
+    lines = [
+        "start: answer | calls",
+        f"answer: {body}",
+        f'calls: ({start} "\\n" call "\\n" {end})+',
+        *_call_rules(tools),
+        _ANY_JSON,
+    ]
+    return GrammarSpec.lark("\n".join(lines), param=answer.param)
 
 
 def special_markers(loaded: Any, syntax: "CallSyntax | GemmaSyntax") -> dict[str, int]:
