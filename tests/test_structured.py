@@ -219,7 +219,8 @@ def test_thinking_stays_free_and_the_budget_closes_it(served: Served, vocab: dic
     )
     message = body["choices"][0]["message"]
     assert message["reasoning_content"]  # the reasoning was not constrained to JSON
-    assert body["usage"]["completion_tokens_details"]["reasoning_tokens"] == 5
+    # five tokens of thought, and the two markers the model wrote (<think>, the forced </think>)
+    assert body["usage"]["completion_tokens_details"]["reasoning_tokens"] == 5 + 2
     _check(schema, message["content"])
 
 
@@ -402,10 +403,11 @@ def test_reasoning_tokens_have_no_logprobs(served: Served, vocab: dict[str, int]
     )  # fmt: skip
     choice = body["choices"][0]
     usage = body["usage"]
-    assert usage["completion_tokens_details"]["reasoning_tokens"] == 4 and choice["message"]["reasoning_content"]
+    reasoning = usage["completion_tokens_details"]["reasoning_tokens"]
+    assert reasoning == 4 + 2 and choice["message"]["reasoning_content"]  # with its two markers
     entries = choice["logprobs"]["content"]
     # <think>, 4 reasoning tokens, </think>: none of them in the answer's logprobs
-    assert len(entries) == usage["completion_tokens"] - 6
+    assert len(entries) == usage["completion_tokens"] - reasoning
     assert "".join(e["token"] for e in entries).strip() == choice["message"]["content"]
 
 
