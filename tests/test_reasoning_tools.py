@@ -562,14 +562,14 @@ def test_forced_tool_choice_that_the_model_ignores(lab) -> None:
     s = lab("qwen3", "refuses")
     names = {t["function"]["name"] for t in TOOLS}
     for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
-        reply = create(s, tools=TOOLS, tool_choice=choice)
+        reply = create(s, tools=TOOLS, tool_choice=choice, max_tokens=96)
         message, finish = reply.choices[0].message, reply.choices[0].finish_reason
         assert finish in ("tool_calls", "length")
         assert not (message.content or "").startswith(("Rather", "I refuse"))
         if finish == "tool_calls":
             assert message.tool_calls and {c.function.name for c in message.tool_calls} <= names
             assert not message.content
-    streamed = stream(s, tools=TOOLS, tool_choice="required")
+    streamed = stream(s, tools=TOOLS, tool_choice="required", max_tokens=96)
     assert not streamed.content.startswith("Rather")
 
 
