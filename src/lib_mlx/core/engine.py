@@ -236,10 +236,19 @@ class Engine:
 
     def _stalled(self, error: LibMlxError) -> None:
         """The watchdog's word that the other ranks stopped answering (on its thread): end the
-        request the worker is stuck in; ``submit`` refuses the rest."""
+        request the worker is stuck in and those waiting behind it; ``submit`` refuses new ones."""
         job = self._current
         if job is not None:
             self._ctx.fail_with(job, error)
+        while True:  # the worker will not come back for the waiting ones either
+            try:
+                waiting = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if waiting is None:  # close() asked the worker to stop: leave the word for it
+                self._jobs.put(None)
+                break
+            self._ctx.fail_with(waiting, error)
 
     def _await_announced(self) -> None:
         """Give requests announced as on their way (``announce``) up to ``ARRIVAL_WAIT`` to

@@ -77,13 +77,17 @@ class Lockstep:
 
     def end(self) -> None:
         """After a request: refresh every rank's memory figures (for ``server_status``)."""
-        if self.watchdog is not None:
-            self.watchdog.leave()
         if self.failure is not None or not self.in_request:
+            if self.watchdog is not None:
+                self.watchdog.leave()
             return
         self.in_request = False
+        if self.watchdog is not None:
+            self.watchdog.touch()  # a rank that stops now would block this collective too
         with self._collective():
             self.info.rank_memory = gather_memory(self.info.group)
+        if self.watchdog is not None:
+            self.watchdog.leave()
 
     # rank 0 ----------------------------------------------------------------------------
     def begin(self, job: Job) -> None:
