@@ -15,13 +15,14 @@ The pieces:
 * ``GrammarSpec``: what a request asks for (a JSON schema, any JSON object, or a Lark grammar),
   plain and hashable, built by the server.
 * ``GrammarCompiler``: one per model; the llguidance tokenizer (built once, lazily: ~1-7 s for
-  a 150k vocabulary) and a bounded LRU cache of validated grammars. ``check`` raises
+  a 150k vocabulary) and a bounded LRU cache of validated grammars. ``compile`` raises
   ``InvalidRequestError`` naming the request field and the unsupported feature.
 * ``GrammarProcessor``: an mlx-lm logits processor ``(tokens, logits) -> logits`` holding one
   request's matcher. It works unchanged in ``generate_step`` and in ``BatchGenerator`` (each
-  sequence has its own processors), starts constraining only after an end-of-thinking marker
-  when the prompt opens the model's reasoning, and, once the grammar is complete, allows only
-  end-of-sequence tokens.
+  sequence has its own processors), leaves the reasoning of a thinking model free (the
+  constraint starts after its end-of-thinking marker), and, once the grammar is complete,
+  allows only end-of-sequence tokens. With a trigger (a call-start marker) it constrains only
+  from each trigger to the grammar's end (strict tool calls under ``tool_choice`` "auto").
 """
 
 from __future__ import annotations
@@ -77,12 +78,6 @@ class GrammarSpec:
         if self.kind == "lark":
             return llguidance.LLMatcher.grammar_from_lark(self.source)
         raise ValueError(f"unknown grammar kind {self.kind!r}")
-
-
-def json_schema_lark(schema: dict[str, Any]) -> str:
-    """A JSON schema as a Lark rule body for llguidance (``%json{...}``), to embed in larger
-    grammars such as a tool call's syntax."""
-    return "%json " + json.dumps(schema, separators=(",", ":"))
 
 
 class GrammarCompiler:
@@ -360,4 +355,4 @@ def make_processor(
     )
 
 
-__all__ = ["GrammarCompiler", "GrammarProcessor", "GrammarSpec", "compiler_for", "json_schema_lark", "make_processor"]
+__all__ = ["GrammarCompiler", "GrammarProcessor", "GrammarSpec", "compiler_for", "make_processor"]
