@@ -78,7 +78,10 @@ extern "C" {
  *                                          (default: the directory's name)
  *    "revision": null,                     optional string
  *    "thinking_enabled": true,             optional, default true
- *    "lazy_encoders": true}                optional, default true
+ *    "lazy_encoders": true,                optional, default true
+ *    "family": null}                       optional: "qwen3", "gemma4", "llama3", "mistral",
+ *                                          "harmony", "deepseek", "granite", "kimi", "mlx_lm",
+ *                                          "plain"; null detects it (an unknown name fails the load)
  *   Unknown keys are ignored.
  * reply:
  *   {"ok": true, "handle": 1, "status": "ready", "model_id": "org/name"}

@@ -53,6 +53,12 @@ class ScriptedCore:
     def count_tokens(self, prompt: RenderedPrompt) -> int:
         return len(prompt.tokens)
 
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return list(range(len(text.split())))
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return " ".join(f"w{t}" for t in tokens)
+
     def announce(self) -> None:
         return None
 

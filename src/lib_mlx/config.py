@@ -49,6 +49,9 @@ class MlxModelConfig:
     # A step that the other ranks do not finish within this many seconds fails the open
     # requests and the model (a rank that hangs), instead of hanging rank 0 with it.
     distributed_timeout_s: float = Field(default=60.0, gt=0)
+    # The model family (``core.parsers``: "qwen3", "gemma4", ...) for a repository that
+    # detection misses; None detects it from the template and vocabulary.
+    family: str | None = None
 
     def __post_init__(self) -> None:
         if not self.model_path and not self.model_id:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from ..config import DEFAULT_PROMPT_CACHE_BYTES, MlxModelConfig
-from ..errors import LibMlxError
+from ..errors import InvalidRequestError, LibMlxError
 from .engine import Engine
 from .loader import LoadedModel, load
 from .prompt import ChatPrompt, RenderedPrompt, render
@@ -69,6 +69,15 @@ class InferenceCore(Protocol):
 
     def count_tokens(self, prompt: RenderedPrompt) -> int:
         """The prompt's length as the model reads it (media expanded to their soft tokens)."""
+        ...
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """Plain text -> token ids (``add_special_tokens``: a BOS where the tokenizer adds one)."""
+        ...
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """Token ids -> text, special tokens included. Raises ``InvalidRequestError`` naming
+        the first id outside the vocabulary."""
         ...
 
     def announce(self) -> Arrival | None:
@@ -137,6 +146,7 @@ class MlxCore:
             "model_type": loaded.model_type,
             "context_length": loaded.context_length,
             "thinking_enabled": loaded.thinking_enabled,
+            "family": loaded.parser_spec.family,  # detected, or the load config's
         }
         if failure is not None:
             model["error"] = failure.to_abi()["error"]
@@ -200,6 +210,19 @@ class MlxCore:
         from .processors import check_request
 
         check_request(self.loaded, prompt, params)
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return list(self.loaded.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def detokenize(self, tokens: list[int]) -> str:
+        tokenizer = self.loaded.tokenizer
+        size = len(getattr(tokenizer, "_tokenizer", tokenizer))
+        bad = next((i for i, t in enumerate(tokens) if not 0 <= t < size), None)
+        if bad is not None:
+            raise InvalidRequestError(
+                f"token id {tokens[bad]} is outside the vocabulary (0..{size - 1})", param=f"tokens[{bad}]"
+            )
+        return tokenizer.decode(tokens, skip_special_tokens=False)
 
     def announce(self) -> Arrival | None:
         """A request is on its way (see ``Engine.announce``); pass the result to ``submit``."""

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..config import MlxModelConfig
 from ..errors import LibMlxError, ModelLoadError, ModelNotFoundError
-from .parsers import ParserSpec, parser_spec_from_tokenizer
+from .parsers import Family, ParserSpec, family_of, parser_spec_from_tokenizer
 
 log = logging.getLogger("lib_mlx.loader")
 
@@ -41,6 +41,11 @@ class LoadedModel:
     def capabilities(self) -> frozenset[str]:
         """Media this model accepts: a subset of {"image", "audio"}."""
         return self.vlm.capabilities if self.vlm is not None else frozenset()
+
+    @property
+    def family(self) -> Family:
+        """The model's family (``core.parsers``): parser, call syntax, history and thinking rules."""
+        return family_of(self.parser_spec)
 
     @property
     def model_type(self) -> str:
@@ -123,6 +128,7 @@ def load(config: MlxModelConfig) -> LoadedModel:
     except Exception as exc:
         raise ModelLoadError(f"could not load model from {path}: {type(exc).__name__}: {exc}") from None
     model_config = json.loads((path / "config.json").read_text())
+    spec = parser_spec_from_tokenizer(tokenizer, config.family, model_config)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -130,7 +136,7 @@ def load(config: MlxModelConfig) -> LoadedModel:
         model_id=config.model_id or path.name,
         config=model_config,
         context_length=_context_length(model_config, tokenizer),
-        parser_spec=parser_spec_from_tokenizer(tokenizer),
+        parser_spec=spec,
         generation_defaults=_generation_defaults(path),
         thinking_enabled=config.thinking_enabled,
         vlm=vlm,

@@ -197,6 +197,9 @@ def grammar_plan(loaded: Any, prompt: Any, params: Any) -> tuple[Any, dict[str, 
     if grammar is None and not strict and not forced:
         return None
     syntax = tool_grammar.syntax_for(loaded.parser_spec.tool_parser)
+    family_syntax = getattr(getattr(loaded, "family", None), "syntax", None)
+    if syntax is not None and family_syntax is not None and family_syntax.start.strip() != syntax.start:
+        syntax = None  # the family opens calls some other way: no grammar rather than a wrong one
     if forced and syntax is not None:
         choice = getattr(prompt, "tool_choice", None)
         name = None

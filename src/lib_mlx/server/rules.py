@@ -292,13 +292,16 @@ def chat_prompt(
     thinking: bool | None = None,
     parallel_tool_calls: bool | None = None,
     kwargs: Mapping[str, Any] | None = None,
+    reasoning_effort: str | None = None,
 ) -> ChatPrompt:
-    """The core prompt every endpoint builds (``kwargs``: the client's template kwargs)."""
+    """The core prompt every endpoint builds (``kwargs``: the client's template kwargs;
+    ``reasoning_effort``: passed to templates that read one, e.g. gpt-oss's)."""
     return ChatPrompt(
         messages=messages,
         tools=tools,
         tool_choice=tool_choice,
         thinking=thinking,
+        reasoning_effort=reasoning_effort,
         parallel_tool_calls=True if parallel_tool_calls is None else parallel_tool_calls,
         template_kwargs=template_kwargs(kwargs),
     )

@@ -93,6 +93,10 @@ class BodyLimitMiddleware:
         await self.app(scope, counted, send)
 
 
+# Paths that need the token: the API, and the prompt-inspection routes beside it.
+PROTECTED = ("/v1", "/tokenize", "/detokenize", "/apply-template")
+
+
 class AccessMiddleware:
     def __init__(self, app: ASGIApp, *, api_key: str | None, hosts: Iterable[str], public_paths: Iterable[str] = ("/", "/health")) -> None:
         self.app = app
@@ -117,7 +121,7 @@ class AccessMiddleware:
         if host not in self.hosts and not (self.any_address and _is_ip_address(host)):
             return ForbiddenError(f"Host header {host!r} is not allowed; use the server's own address or localhost")
         path: str = scope.get("path", "")
-        if self.api_key is None or path in self.public_paths or not path.startswith("/v1"):
+        if self.api_key is None or path in self.public_paths or not path.startswith(PROTECTED):
             return None
         if scope.get("method") == "OPTIONS":
             return None  # CORS preflight carries no credentials

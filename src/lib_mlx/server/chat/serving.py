@@ -32,6 +32,7 @@ def to_chat_prompt(req: ChatCompletionRequest) -> ChatPrompt:
         tools=[t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None,
         tool_choice=tool_choice,
         thinking=req.thinking_flag(),
+        reasoning_effort=req.reasoning_effort,
         parallel_tool_calls=req.parallel_tool_calls,
         kwargs=req.chat_template_kwargs,
     )

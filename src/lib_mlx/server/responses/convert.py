@@ -145,6 +145,7 @@ def to_chat_prompt(req: ResponsesRequest, items: list[dict[str, Any]]) -> ChatPr
         tools=tools_to_chat(req),
         tool_choice=tool_choice_to_chat(req),
         thinking=req.thinking_flag(),
+        reasoning_effort=req.reasoning.effort if req.reasoning is not None else None,
         parallel_tool_calls=req.parallel_tool_calls,
         kwargs=req.chat_template_kwargs,
     )
