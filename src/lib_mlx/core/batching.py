@@ -31,7 +31,7 @@ from .decode import RequestStream
 from .failures import generation_failure, recover_after_failure
 from .prompt_cache import CacheHit, layouts_compile, round_batch_buffers, whole_step_prefix
 from .request import Job
-from .sampling import max_new_tokens, request_processors
+from .sampling import max_new_tokens
 from .single import Handoff
 
 log = logging.getLogger("lib_mlx.engine")
@@ -169,7 +169,7 @@ class BatchRunner:
                 caches=[hit.cache if hit is not None else None],
                 all_tokens=[tokens[:reused]],
                 samplers=[ctx.sampler(params)],
-                logits_processors=[request_processors(params)],
+                logits_processors=[stream.processors],
             )
         except BaseException as exc:  # noqa: BLE001 - this request fails, the batch goes on
             log.exception("could not start a batched generation")
@@ -191,7 +191,7 @@ class BatchRunner:
                 caches=[handoff.cache],
                 all_tokens=[held],
                 samplers=[handoff.sampler],
-                logits_processors=[request_processors(job.params)],
+                logits_processors=[handoff.stream.processors],
             )
         except BaseException as exc:  # noqa: BLE001 - this request fails, the batch goes on
             log.exception("could not move a generation into a batch")
@@ -223,7 +223,7 @@ class BatchRunner:
             if seq is None:
                 continue
             try:
-                reason = seq.stream.add(r.token)
+                reason = seq.stream.add(r.token, r.logprobs)
             except Exception as exc:  # noqa: BLE001 - this request fails, the batch goes on
                 self._fail(r.uid, exc, in_batch=r.finish_reason is None)
                 continue

@@ -64,6 +64,13 @@ class InferenceCore(Protocol):
         """Messages -> tokens through the model's chat template (thread-safe; may be slow)."""
         ...
 
+    def check(self, prompt: RenderedPrompt, params: SamplingParams) -> None:
+        """Refuse (``InvalidRequestError`` naming the field) what the request's logits
+        processors cannot apply -- a schema the grammar engine cannot enforce, a ``logit_bias``
+        id outside the vocabulary -- before it is queued. Compiles its grammar (cached); the
+        first grammar of a large vocabulary takes a while: call it off the event loop."""
+        ...
+
     def count_tokens(self, prompt: RenderedPrompt) -> int:
         """The prompt's length as the model reads it (media expanded to their soft tokens)."""
         ...
@@ -202,6 +209,11 @@ class MlxCore:
         if not prompt.media or self.loaded.vlm is None:
             return len(prompt.tokens)
         return self.loaded.vlm.count_tokens(prompt.text, prompt.media)
+
+    def check(self, prompt: RenderedPrompt, params: SamplingParams) -> None:
+        from .processors import check_request
+
+        check_request(self.loaded, prompt, params)
 
     def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         return list(self.loaded.tokenizer.encode(text, add_special_tokens=add_special_tokens))

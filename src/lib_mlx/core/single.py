@@ -19,7 +19,7 @@ from .decode import RequestStream
 from .failures import recover_after_failure
 from .prompt_cache import cache_length, reserve
 from .request import Job
-from .sampling import Sampler, max_new_tokens, request_processors, rewind, with_prefix
+from .sampling import Sampler, max_new_tokens, rewind, with_prefix
 from .vlm import prompt_inputs
 
 log = logging.getLogger("lib_mlx.engine")
@@ -90,7 +90,7 @@ def _generate(ctx: RunContext, job: Job, still_alone: Callable[[], bool] | None)
 
     max_tokens = max_new_tokens(loaded, n_prompt, params.max_tokens)
     sampler = ctx.sampler(params)
-    processors = request_processors(params)
+    processors = stream.processors
     if start > reused:  # a checkpoint took the history: the tail needs one pass, not two
         steps = _steps_after_checkpoint(loaded.model, tokens, start, cache, sampler, processors, max_tokens)
     else:
@@ -108,9 +108,9 @@ def _generate(ctx: RunContext, job: Job, still_alone: Callable[[], bool] | None)
     alone = still_alone if not inputs.step_kwargs else None
     try:
         add = stream.add
-        for token, _ in steps:
+        for token, logprobs in steps:
             fed.append(token)
-            finished = add(token)
+            finished = add(token, logprobs)
             if lockstep is not None:
                 # Every rank runs the forward passes rank 0 runs: it alone decides the end.
                 if lockstep.agree(finished is None):
