@@ -47,6 +47,17 @@
  *   helper isolate, e.g. Isolate.run). The HTTP server runs on the runtime's own threads
  *   between calls; the host needs no event loop.
  *
+ * EXITING
+ *   Before the host exits, call lib_mlx_unload_model for each handle (it stops the server,
+ *   cancels generations and joins the runtime's threads). A host that exits without doing so --
+ *   exit() or a return from main, even with a stream in flight -- is still safe: the first
+ *   successful lib_mlx_load_model registers an atexit() handler that stops every server and
+ *   engine and joins their threads before MLX's own static destructors run (an engine thread
+ *   still inside MLX at that point would abort the process). It waits for the step in progress
+ *   (milliseconds; up to one long prefill). _exit(), quick_exit() and fatal signals skip it; do
+ *   not call exit() from inside a lib_mlx call. A host that already runs Python (ctypes) gets
+ *   the same from the runtime's Python atexit hook; the C handler then does nothing.
+ *
  * FINDING PYTHON
  *   The library embeds CPython (cffi embedding mode). On the first call, if no interpreter is
  *   running in the process yet, it starts one as the python executable that built the library
@@ -87,7 +98,10 @@ extern "C" {
  *    "draft_model_path": null,             optional: speculative decoding with a draft model
  *    "num_draft_tokens": 4,                optional, 1-32
  *    "prompt_lookup": false,               optional: speculative decoding with n-gram drafts
- *    "prompt_lookup_ngram": 3}             optional, 1-8
+ *    "prompt_lookup_ngram": 3,             optional, 1-8
+ *    "family": null}                       optional: "qwen3", "gemma4", "llama3", "mistral",
+ *                                          "harmony", "deepseek", "granite", "kimi", "mlx_lm",
+ *                                          "plain"; null detects it (an unknown name fails the load)
  *   Unknown keys are ignored.
  * reply:
  *   {"ok": true, "handle": 1, "status": "ready", "model_id": "org/name"}
@@ -104,10 +118,16 @@ char *lib_mlx_load_model(const char *config_json);
  *    "port": 0,                            default 0 = pick a free port (reported back)
  *    "model_id": "org/name",               optional; overrides the id from load_model
  *    "queue_limit": 1,                     requests in flight plus waiting; default 1
- *    "api_key": null,                      optional bearer token; by default the server makes
- *    "auth": "bearer"}                     a random one and replies with it ("none" = no auth)
- *   The other fields of lib_mlx's MlxServerConfig (allowed_origins, max_body_bytes, ...) are
- *   accepted too; unknown keys are ignored.
+ *    "api_key": null,                      optional bearer token (printable ASCII, no spaces);
+ *                                          by default the server makes a random one and
+ *    "auth": "bearer",                     replies with it ("none" = no auth)
+ *    "allowed_origins": [],                CORS origins (JSON array of strings); default none
+ *    "max_body_bytes": 33554432,           request body cap (413 above it)
+ *    "max_media_part_bytes": 20971520,     one decoded image/audio or file part
+ *    "allow_remote_media": false,          fetch http(s) media URLs
+ *    "chat_page": true}                    serve the chat page at /
+ *   Every field is optional; unknown keys are ignored. A string holding a lone surrogate
+ *   escape ("\ud800") is invalid_json.
  * reply:
  *   {"ok": true, "handle": 1,
  *    "server": {"host": "127.0.0.1", "port": 58291, "base_url": "http://127.0.0.1:58291",

@@ -226,6 +226,9 @@ class Served:
         headers = {**self.headers, **kwargs.pop("headers", {})}
         if isinstance(body, (bytes, str)) or hasattr(body, "__next__"):
             kwargs["content"] = body
+            # Raw bodies are labelled JSON (POST routes refuse other types with 415).
+            if not any(k.lower() == "content-type" for k in headers):
+                headers["Content-Type"] = "application/json"
         else:
             kwargs["json"] = body
         return httpx.post(self.base_url + path, headers=headers, timeout=60, **kwargs)

@@ -281,7 +281,7 @@ BAD_INPUT: list[tuple[str, str | dict[str, Any] | None]] = [
     ("load_path_wrong_type", "invalid_config"),
     ("load_flag_wrong_type", "invalid_config"),
     ("load_missing_dir", "model_not_found"),
-    ("load_lone_surrogate", "model_not_found"),  # and the reply is still valid UTF-8
+    ("load_lone_surrogate", "invalid_json"),  # named by field; the reply is still valid UTF-8
     ("load_model", {"status": "ready"}),
     ("start_bad_utf8", "invalid_json"),
     ("start_not_json", "invalid_json"),

@@ -173,7 +173,8 @@ def test_bad_requests_get_400(serve, make_model, body, param) -> None:
 def test_bad_json_unknown_model_and_route(serve, make_model) -> None:
     with serve(make_model("qwen3")) as s:
         url = f"{s.info.base_url}/v1/chat/completions"
-        assert _error(httpx.post(url, content=b"{nope", headers=s.headers), 400)["code"] == "invalid_json"
+        headers = {**s.headers, "Content-Type": "application/json"}
+        assert _error(httpx.post(url, content=b"{nope", headers=headers), 400)["code"] == "invalid_json"
         body = {"model": "not-this-one", "messages": [{"role": "user", "content": "hi"}]}
         assert _error(httpx.post(url, json=body, headers=s.headers), 404)["code"] == "model_not_found"
         assert _error(httpx.get(f"{s.info.base_url}/v1/nothing", headers=s.headers), 404)["code"] == "not_found"

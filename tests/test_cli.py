@@ -65,3 +65,50 @@ def test_serve_prints_url_and_stops_on_ctrl_c(tmp_path: Path, make_model) -> Non
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_invalid_values_are_one_line_not_a_traceback(tmp_path: Path, make_model) -> None:
+    model_dir = make_model("qwen3")
+    for args, option in ((["--queue-limit", "0"], "--queue-limit"), (["--port", "70000"], "--port"), (["--api-key", " padded"], "--api-key")):
+        done = subprocess.run(
+            [sys.executable, "-m", "lib_mlx", "serve", "--model", str(model_dir), *args],
+            env=_env(tmp_path), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+        assert lines[0].startswith(f"lib-mlx: error (invalid_config): {option}:"), lines
+
+
+def test_the_api_key_comes_from_a_file_or_the_environment(tmp_path: Path, make_model, monkeypatch) -> None:
+    from lib_mlx.cli import API_KEY_ENV, _api_key, build_parser
+
+    key_file = tmp_path / "key"
+    key_file.write_text("from-the-file\n")
+    parse = lambda *a: build_parser().parse_args(["serve", "--model", "m", *a])  # noqa: E731
+    monkeypatch.setenv(API_KEY_ENV, "from-the-env")
+    assert _api_key(parse()) == "from-the-env"
+    assert _api_key(parse("--api-key-file", str(key_file))) == "from-the-file"
+    assert _api_key(parse("--api-key", "given", "--api-key-file", str(key_file))) == "given"
+    monkeypatch.delenv(API_KEY_ENV)
+    assert _api_key(parse()) is None
+    # End to end: the served token is the file's, and it never appears on the command line.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lib_mlx", "serve", "--model", str(make_model("qwen3")), "--port", "0",
+         "--api-key-file", str(key_file), "--no-page"],
+        env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        lines: dict[str, str] = {}
+        for line in proc.stdout:
+            key, _, value = line.partition(": ")
+            lines[key] = value.strip()
+            if line.startswith("Press Ctrl-C"):
+                break
+        assert lines["API key"] == "from-the-file"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -47,8 +47,17 @@ class ScriptedCore:
         words = " ".join(str(m.get("content")) for m in prompt.messages).split()
         return RenderedPrompt(tokens=list(range(len(words))), text=" ".join(words), thinking=bool(prompt.thinking))
 
+    def check(self, prompt: RenderedPrompt, params: SamplingParams) -> None:
+        pass  # no grammar engine here: nothing to refuse
+
     def count_tokens(self, prompt: RenderedPrompt) -> int:
         return len(prompt.tokens)
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return list(range(len(text.split())))
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return " ".join(f"w{t}" for t in tokens)
 
     def announce(self) -> None:
         return None

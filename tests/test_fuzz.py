@@ -3,7 +3,8 @@
 No input may produce a 5xx (none is deliberate here: the model never fails in these tests), a
 hang (every request has a timeout, every test a bounded number of examples) or a lifecycle call
 that raises or answers anything but ``{"ok": ...}`` JSON; afterwards the server still serves.
-The whole module stays within about a minute on two cores.
+The whole module stays within about a minute on two cores: about 2,800 cases in all, over the
+JSON ABI and every HTTP endpoint's body (issue 20).
 """
 
 from __future__ import annotations
@@ -37,12 +38,15 @@ def examples(n: int) -> settings:
 
 # --- strategies -------------------------------------------------------------------------------
 
+# Text that JSON can carry but UTF-8 cannot: lone surrogates (json.dumps writes "\\ud800").
+surrogate_text = st.text(alphabet=st.one_of(st.characters(categories=["Cs"]), st.characters()), min_size=1, max_size=6)
 scalars = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(),  # NaN and Infinity too: Python's json reads them
     st.text(max_size=20),
+    surrogate_text,
 )
 json_values = st.recursive(
     scalars,
@@ -127,7 +131,12 @@ FIELDS: dict[str, Any] = {
     ),
     "tool_choice": st.one_of(st.sampled_from(["auto", "none", "required"]), json_values),
     "thinking": st.one_of(st.booleans(), json_values),
-    "chat_template_kwargs": json_values,
+    "chat_template_kwargs": st.one_of(
+        json_values,
+        st.dictionaries(
+            st.sampled_from(["enable_thinking", "chat_template", "tools", "messages", "bos_token", "x"]), json_values, max_size=3
+        ),
+    ),
     "reasoning_effort": json_values,
     "response_format": json_values,
     "logprobs": json_values,
@@ -290,7 +299,7 @@ def check(s: Served, response: httpx.Response, sent: Any) -> None:
         assert not [line for line in lines if line.startswith('data: {"error"') or line in failed], response.text[-500:]
 
 
-@examples(220)
+@examples(700)
 @given(body=chat_bodies())
 def test_fuzz_chat_completions(served, body):
     s = served
@@ -298,7 +307,7 @@ def test_fuzz_chat_completions(served, body):
     check(s, post_json(s, "/v1/chat/completions", body), body)
 
 
-@examples(80)
+@examples(300)
 @given(body=responses_bodies())
 def test_fuzz_responses(served, body):
     s = served
@@ -306,7 +315,7 @@ def test_fuzz_responses(served, body):
     check(s, post_json(s, "/v1/responses", body), body)
 
 
-@examples(80)
+@examples(300)
 @given(body=messages_bodies())
 def test_fuzz_messages(served, body):
     s = served
@@ -317,7 +326,7 @@ def test_fuzz_messages(served, body):
         check(s, post_json(s, "/v1/messages/count_tokens", counted), counted)
 
 
-@examples(120)
+@examples(400)
 @given(
     raw=st.one_of(
         st.binary(max_size=200),
@@ -346,7 +355,7 @@ raw_payloads = st.one_of(
 )
 
 
-@examples(60)
+@examples(250)
 @given(
     request_part=raw_payloads,
     part_name=st.sampled_from(["request", "payload", "json", "other"]),
@@ -361,7 +370,7 @@ def test_fuzz_multipart_bodies(served, request_part, part_name, attachments, pat
     check(s, s.http.post(s.base_url + path, files=files), (part_name, request_part[:100]))
 
 
-@examples(80)
+@examples(300)
 @given(
     method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]),
     path=st.one_of(
@@ -395,6 +404,29 @@ def test_fuzz_routes_methods_and_auth(served, method, path, auth):
         assert r.status_code in (401, 405) or method == "OPTIONS", (method, path, r.status_code)
 
 
+@examples(250)
+@given(
+    response_id=st.one_of(
+        st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="#?%/"), max_size=40),
+        st.sampled_from(["resp_", "resp_" + "0" * 32, "resp_x" * 100]),
+    ),
+    method=st.sampled_from(["GET", "DELETE"]),
+    store=st.booleans(),
+)
+def test_fuzz_stored_responses(served, response_id, method, store):
+    """Retrieve and delete by any id, also right after storing a real response."""
+    s = served
+    if store:
+        created = post_json(s, "/v1/responses", {"input": "hi", "max_output_tokens": 2, "store": True})
+        check(s, created, "store")
+        if created.status_code == 200 and response_id.startswith("resp_"):
+            response_id = created.json()["id"]
+    r = s.http.request(method, f"{s.base_url}/v1/responses/{response_id}")
+    check(s, r, (method, response_id))
+    if response_id:
+        assert r.status_code in (200, 404), (method, response_id, r.status_code, r.text[:200])
+
+
 def test_server_healthy_after_fuzzing(served):
     s = served
     assert wait_for(lambda: s.in_flight == 0, 10)
@@ -426,6 +458,8 @@ server_configs = st.one_of(
             "auth": st.one_of(st.sampled_from(["bearer", "none", "basic"]), json_values),
             "allowed_origins": json_values,
             "max_body_bytes": st.one_of(st.integers(min_value=-1, max_value=2**62), json_values),
+            "max_media_part_bytes": st.one_of(st.integers(min_value=-1, max_value=2**62), json_values),
+            "allow_remote_media": json_values,
             "chat_page": json_values,
         },
     ),
@@ -490,7 +524,7 @@ def abi_handle(make_model):
 handles = st.one_of(st.integers(min_value=-(2**63), max_value=2**63), json_values)
 
 
-@examples(80)
+@examples(400)
 @given(config=encoded(model_configs))
 def test_fuzz_abi_load_model(abi_handle, config):
     from lib_mlx import abi
@@ -500,7 +534,7 @@ def test_fuzz_abi_load_model(abi_handle, config):
         assert _reply(abi.unload_model(body["handle"]))["ok"]
 
 
-@examples(50)
+@examples(200)
 @given(
     steps=st.lists(
         st.tuples(

@@ -335,7 +335,7 @@ def test_count_tokens_is_the_prompt_and_a_second_turn_reads_the_cache(lab):
 
 
 def post(s: Served, body: Any, *, path: str = "/v1/messages", headers: dict[str, str] | None = None) -> httpx.Response:
-    headers = {"x-api-key": s.info.api_key, "anthropic-version": "2023-06-01", **(headers or {})}
+    headers = {"x-api-key": s.info.api_key, "anthropic-version": "2023-06-01", "content-type": "application/json", **(headers or {})}
     kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
     return httpx.post(f"{s.info.base_url}{path}", headers=headers, timeout=60, **kwargs)
 

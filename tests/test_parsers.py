@@ -562,3 +562,96 @@ def test_a_call_to_a_function_never_offered_is_text(spec: ParserSpec, text: str)
     for tools in (None, [{"type": "function", "name": "delete_everything"}]):
         content, calls = _stream(spec, [text], tools=tools)
         assert [name for name, _ in calls] == ["delete_everything"] and content == "Sure."
+
+
+# --- issue 16: the families' own syntaxes (real-template checks are in test_families.py) -------
+
+W = ("get_weather", {"city": "Paris"})
+T = ("get_time", {"tz": "CET"})
+_FAMILY_OUTPUTS = [
+    ("mistral", "Hi [TOOL_CALLS]get_weather[CALL_ID]abc123XYZ[ARGS]{\"city\": \"Paris\"}[TOOL_CALLS]get_time[CALL_ID]zzz111yyy[ARGS]{\"tz\": \"CET\"}", "", "Hi", [W, T], ["abc123XYZ", "zzz111yyy"]),
+    ("mistral", "[THINK]hmm[/THINK]ok [TOOL_CALLS]get_weather[ARGS]{\"city\": \"Paris\"}", "hmm", "ok", [W], None),
+    ("mistral", '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}, "id": "abcdefghi"}]', "", "", [W], ["abcdefghi"]),
+    ("llama3", '{"name": "get_weather", "parameters": {"city": "Paris"}}; {"name": "get_time", "parameters": {"tz": "CET"}}', "", "", [W, T], None),
+    ("llama3", '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}', "", "", [W], None),
+    ("llama3", 'Use {"name": "x"} like that', "", 'Use {"name": "x"} like that', [], None),
+    ("deepseek", "<think>r</think><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"Paris\"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>", "r", "", [W], None),
+    ("deepseek", "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_time<｜tool▁sep｜>{\"tz\": \"CET\"}<｜tool▁call▁end｜><｜tool▁calls▁end｜>", "", "", [T], None),
+    ("kimi", "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>{\"city\": \"Paris\"}<|tool_call_end|><|tool_calls_section_end|>", "", "", [W], ["functions.get_weather:0"]),
+    ("granite", "<think>Hmm.</think><response>Hello!</response>", "Hmm.", "Hello!", [], None),
+    ("granite", '<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "get_time", "arguments": {"tz": "CET"}}]', "", "", [W, T], None),
+    ("harmony", '<|channel|>analysis<|message|>Think.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}', "Think.", "", [W], None),
+    ("harmony", "<|channel|>analysis<|message|>Easy.<|end|><|start|>assistant<|channel|>final<|message|>Sunny <b>.", "Easy.", "Sunny <b>.", [], None),
+    ("qwen3", "\n\n<think>x</think>\nAnswer", "x", "Answer", [], None),  # GLM-4.6 / QwQ whitespace
+]
+
+
+@pytest.mark.parametrize("family, text, reasoning, content, calls, ids", _FAMILY_OUTPUTS)
+def test_family_syntaxes_whole_and_char_by_char(family, text, reasoning, content, calls, ids) -> None:
+    spec = ParserSpec(family)
+    whole = parse_text(text, spec)
+    parser = make_parser(spec)
+    events = [e for ch in text for e in parser.feed(ch)] + parser.finish()
+    for reason, answer, ends in (
+        (whole.reasoning, whole.content, whole.tool_calls),
+        (
+            "".join(e.text for e in events if isinstance(e, ReasoningDelta)),
+            "".join(e.text for e in events if isinstance(e, TextDelta)),
+            [e for e in events if isinstance(e, ToolCallEnd)],
+        ),
+    ):
+        assert (reason, answer) == (reasoning, content)
+        assert [(c.name, json.loads(c.arguments)) for c in ends] == calls
+        if ids is not None:
+            assert [c.id for c in ends] == ids  # the model's own ids are kept
+
+
+def test_mistral_ids_are_nine_alphanumerics_and_client_ids_are_rewritten() -> None:
+    from lib_mlx.core.parsers import get_family
+
+    mistral = get_family("mistral")
+    new = parse_text('[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}', ParserSpec("mistral")).tool_calls[0].id
+    assert len(new) == 9 and new.isalnum() and mistral.valid_call_id(new)
+    assert not mistral.valid_call_id("call_0123456789abcdef01234567")
+
+
+def test_detection_table_by_the_tokens_a_syntax_is_made_of() -> None:
+    from lib_mlx.core.parsers import Evidence, detect_family
+
+    def detect(template: str = "", tokens: tuple[str, ...] = ()) -> str:
+        return detect_family(Evidence(ParserSpec("auto"), template=template, tokens=frozenset(tokens)))
+
+    assert detect(tokens=("<|start|>", "<|channel|>", "<|message|>")) == "harmony"
+    assert detect(tokens=("[TOOL_CALLS]",)) == "mistral"
+    assert detect(template="... <|tool_calls_section_begin|> ...") == "kimi"
+    assert detect(template="<｜tool▁calls▁begin｜>") == "deepseek"
+    assert detect(template="<|start_of_role|> ... <|tool_call|>") == "granite"
+    assert detect(template="<|start_header_id|> ... {\"name\": function name, \"parameters\": ...}") == "llama3"
+    assert detect(template="<tool_call> ... </tool_call>") == "qwen3"  # e.g. Hermes' named templates
+    assert detect() == "plain"
+
+
+@pytest.mark.parametrize(
+    "family, rest",
+    [
+        ("llama3", '{"city": "Paris"}}'),
+        ("mistral", '{"city": "Paris"}'),
+        ("harmony", '{"city": "Paris"}'),
+        ("deepseek", '{"city": "Paris"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>'),
+        ("kimi", '{"city": "Paris"}<|tool_call_end|><|tool_calls_section_end|>'),
+        ("granite", '{"city": "Paris"}}]'),
+        ("qwen3", '{"city": "Paris"}}\n</tool_call>'),
+        ("gemma4", '{city:<|"|>Paris<|"|>}<tool_call|>'),
+    ],
+)
+def test_each_familys_forced_opening_is_its_own_syntax(family, rest) -> None:
+    """``Family.syntax`` (data a grammar can be built from) opens a call the family's parser reads."""
+    from lib_mlx.core.parsers import get_family
+
+    opening = get_family(family).forced_call({"type": "function", "function": {"name": "get_weather"}})
+    assert "get_weather" in opening
+    parser = make_parser(ParserSpec(family), prefill=opening)
+    events = parser.feed(rest) + parser.finish()
+    ends = [e for e in events if isinstance(e, ToolCallEnd)]
+    assert [(e.name, json.loads(e.arguments)) for e in ends] == [W]
+    assert not [e for e in events if isinstance(e, TextDelta)]

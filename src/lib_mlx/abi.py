@@ -15,7 +15,7 @@ from typing import Any
 from .config import MlxModelConfig, MlxServerConfig, parse_config
 from .core.failures import classify
 from .errors import LibMlxError, UnknownHandleError
-from .runtime import LibMlxRuntime
+from .runtime import LibMlxRuntime, shutdown_all
 
 log = logging.getLogger("lib_mlx.abi")
 
@@ -92,4 +92,15 @@ def unload_model(handle: int) -> str:
     return _reply(run)
 
 
-__all__ = ["load_model", "runtime", "server_status", "start_server", "stop_server", "unload_model"]
+def shutdown() -> str:
+    """Stop every server and engine and join their threads (the C library's exit hook; see
+    ``runtime.shutdown_all``). Handles are gone afterwards."""
+
+    def run() -> dict[str, Any]:
+        shutdown_all()
+        return {"status": "shut_down"}
+
+    return _reply(run)
+
+
+__all__ = ["load_model", "runtime", "server_status", "shutdown", "start_server", "stop_server", "unload_model"]

@@ -44,8 +44,9 @@ __all__ = ["build", "header_path", "library_filename", "main"]
 LIBRARY_STEM = "liblib_mlx"
 _MODULE_NAME = "_lib_mlx_cffi"
 _ABI_MODULE = "lib_mlx.abi"
-# The dispatcher's op codes are indexes into this tuple (0 = load_model ... 4 = unload_model).
-_OPS = ("load_model", "start_server", "stop_server", "server_status", "unload_model")
+# The dispatcher's op codes are indexes into this tuple (0 = load_model ... 4 = unload_model;
+# 5 = shutdown is the exit hook's, not an export).
+_OPS = ("load_model", "start_server", "stop_server", "server_status", "unload_model", "shutdown")
 
 # What cffi parses: one static helper and the one Python callback. The exports themselves
 # live in _C_SOURCE and are checked against lib_mlx.h by the C compiler.
@@ -149,9 +150,32 @@ static char *lib_mlx_call(int op, int64_t handle, const char *config_json)
     return lib_mlx_py_call(op, handle, config_json);
 }
 
+/* exit() runs atexit handlers in reverse order of registration, and MLX registered its C++
+   static destructors when it was loaded (during the first load_model). This hook, registered
+   after that, therefore runs first: it stops every server and engine and joins their threads
+   while MLX still exists (an engine thread inside MLX during MLX's teardown aborts the
+   process). A Python host has finalized its interpreter by then (its own atexit did the same
+   work): the hook then does nothing. */
+static pthread_once_t lib_mlx_exit_once = PTHREAD_ONCE_INIT;
+
+static void lib_mlx_at_exit(void)
+{
+    if (lib_mlx_python_failed || !Py_IsInitialized())
+        return;
+    free(lib_mlx_py_call(5, 0, NULL));
+}
+
+static void lib_mlx_register_exit(void)
+{
+    atexit(lib_mlx_at_exit);
+}
+
 LIB_MLX_EXPORT char *lib_mlx_load_model(const char *config_json)
 {
-    return lib_mlx_call(0, 0, config_json);
+    char *reply = lib_mlx_call(0, 0, config_json);
+    if (reply != NULL)
+        pthread_once(&lib_mlx_exit_once, lib_mlx_register_exit);
+    return reply;
 }
 
 LIB_MLX_EXPORT char *lib_mlx_start_server(int64_t handle, const char *config_json)
@@ -225,6 +249,8 @@ def _reply(op, handle, config_json):
             if text is None:
                 return _error("invalid_config", "config_json is NULL; a JSON object is required")
             return _abi.load_model(text)
+        if name == "shutdown":
+            return _abi.shutdown()
         if name == "start_server":
             return _abi.start_server(handle, _text(config_json, "{}"))
     except UnicodeDecodeError as exc:

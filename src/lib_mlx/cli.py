@@ -12,8 +12,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .config import MlxModelConfig, MlxServerConfig, ServerInfo
-from .errors import LibMlxError
+from .config import MlxModelConfig, MlxServerConfig, ServerInfo, config_from_dict
+from .errors import InvalidConfigError, LibMlxError
 from .runtime import LibMlxRuntime
 
 
@@ -62,6 +62,24 @@ def _load(runtime: LibMlxRuntime, config: MlxModelConfig) -> int:
         return runtime.load_model(config)
 
 
+API_KEY_ENV = "LIB_MLX_API_KEY"
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    """``--api-key``, else the first line of ``--api-key-file``, else ``$LIB_MLX_API_KEY``. (A
+    command-line argument is visible to every local user in the process list; a file or the
+    environment is not.)"""
+    if args.api_key is not None:
+        return args.api_key
+    if args.api_key_file is not None:
+        try:
+            text = Path(args.api_key_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidConfigError(f"--api-key-file: cannot read {args.api_key_file}: {exc}", param="api_key_file") from None
+        return text.splitlines()[0] if text.strip() else ""
+    return os.environ.get(API_KEY_ENV) or None
+
+
 def _stop_on_sigterm() -> None:
     """SIGTERM stops like Ctrl-C: open requests end with an error, the model unloads. (mlx.launch
     sends it to every rank when one rank exits.)"""
@@ -74,22 +92,38 @@ def _stop_on_sigterm() -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # Both configs are checked before the (slow) load: a bad value is one line, at once.
+    model = config_from_dict(
+        MlxModelConfig,
+        {
+            "model_path": args.model,
+            "model_id": args.model_id,
+            "thinking_enabled": not args.no_thinking,
+            "distributed": args.distributed,
+            "distributed_backend": args.distributed_backend,
+            "distributed_timeout_s": args.distributed_timeout,
+            "kv_bits": args.kv_bits,
+            "quantized_kv_start": args.quantized_kv_start,
+            "prompt_cache_dir": args.prompt_cache_dir,
+            "draft_model_path": args.draft_model,
+            "num_draft_tokens": args.num_draft_tokens,
+            "prompt_lookup": args.prompt_lookup,
+        },
+    )
+    server = config_from_dict(
+        MlxServerConfig,
+        {
+            "host": args.host,
+            "port": args.port,
+            "model_id": args.model_id,
+            "queue_limit": args.queue_limit,
+            "api_key": _api_key(args),
+            "auth": "none" if args.no_auth else "bearer",
+            "chat_page": not args.no_page,
+        },
+    )
     _stop_on_sigterm()
     runtime = LibMlxRuntime()
-    model = MlxModelConfig(
-        model_path=args.model,
-        model_id=args.model_id,
-        thinking_enabled=not args.no_thinking,
-        kv_bits=args.kv_bits,
-        quantized_kv_start=args.quantized_kv_start,
-        prompt_cache_dir=args.prompt_cache_dir,
-        draft_model_path=args.draft_model,
-        num_draft_tokens=args.num_draft_tokens,
-        prompt_lookup=args.prompt_lookup,
-        distributed=args.distributed,
-        distributed_backend=args.distributed_backend,
-        distributed_timeout_s=args.distributed_timeout,
-    )
     handle = _load(runtime, model)
     rank = runtime.distributed_rank(handle)
     if rank:  # a rank other than 0 follows rank 0's requests until rank 0 stops
@@ -99,15 +133,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             failure = None
         return 0 if failure is None else 1
-    server = MlxServerConfig(
-        host=args.host,
-        port=args.port,
-        model_id=args.model_id,
-        queue_limit=args.queue_limit,
-        api_key=args.api_key,
-        auth="none" if args.no_auth else "bearer",
-        chat_page=not args.no_page,
-    )
     info = runtime.start_server(handle, server)
     print(f"Serving {info.model_id} at {info.base_url}/v1", flush=True)
     sharded = runtime.server_status(handle)["model"].get("distributed")
@@ -218,7 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     serve.add_argument("--queue-limit", type=int, default=4)
-    serve.add_argument("--api-key", default=None, help="bearer token to require (default: a random one)")
+    serve.add_argument(
+        "--api-key",
+        default=None,
+        help="bearer token to require (default: a random one); visible to local users in the process "
+        f"list, so prefer --api-key-file or ${API_KEY_ENV}",
+    )
+    serve.add_argument("--api-key-file", default=None, help="read the bearer token from the first line of this file")
     serve.add_argument("--no-auth", action="store_true", help="accept requests without a token")
     serve.add_argument("--no-thinking", action="store_true", help="thinking off unless a request turns it on")
     serve.add_argument("--no-page", action="store_true", help="do not serve the chat page at /")
@@ -275,7 +306,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return args.func(args)
     except LibMlxError as exc:
-        print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
+        message = exc.message
+        param = getattr(exc, "param", None)
+        if param and message.startswith(f"{param}: "):  # name the option, not the config field
+            message = f"--{param.replace('_', '-')}: {message[len(param) + 2:]}"
+        print(f"lib-mlx: error ({exc.code}): {message}", file=sys.stderr)
         return 2
 
 

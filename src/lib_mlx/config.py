@@ -13,12 +13,13 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import pydantic
-from pydantic import ConfigDict, Field
+from pydantic import BeforeValidator, ConfigDict, Field
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from ._text import lone_surrogate_at
 from .errors import InvalidConfigError, InvalidJsonError
 
 log = logging.getLogger("lib_mlx")
@@ -27,6 +28,27 @@ _STRICT = ConfigDict(strict=True, extra="ignore")
 
 DEFAULT_PROMPT_CACHE_BYTES = 1 << 30
 PROMPT_CACHE_BYTES_ENV = "LIB_MLX_PROMPT_CACHE_BYTES"
+
+
+def _list_to_tuple(value: Any) -> Any:
+    """JSON has lists, not tuples: a strict tuple field takes a JSON array too."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+# A tuple of strings from Python, or a JSON array of strings from the ABI.
+StrTuple = Annotated[tuple[str, ...], BeforeValidator(_list_to_tuple)]
+
+
+def check_api_key(value: str | None) -> str | None:
+    """A bearer token travels in an HTTP header: printable ASCII without surrounding spaces
+    (anything else is accepted here but could never authenticate)."""
+    if value is None:
+        return None
+    if not value or value != value.strip():
+        raise ValueError("api_key must not be empty or have leading/trailing whitespace")
+    if not all(0x21 <= ord(c) <= 0x7E for c in value):
+        raise ValueError("api_key must be printable ASCII without spaces (it is sent in an HTTP header)")
+    return value
 
 
 @pydantic_dataclass(config=_STRICT, frozen=True)
@@ -65,6 +87,9 @@ class MlxModelConfig:
     # A step that the other ranks do not finish within this many seconds fails the open
     # requests and the model (a rank that hangs), instead of hanging rank 0 with it.
     distributed_timeout_s: float = Field(default=60.0, gt=0)
+    # The model family (``core.parsers``: "qwen3", "gemma4", ...) for a repository that
+    # detection misses; None detects it from the template and vocabulary.
+    family: str | None = None
 
     def __post_init__(self) -> None:
         if not self.model_path and not self.model_id:
@@ -82,13 +107,18 @@ class MlxServerConfig:
     # Access control: a random bearer token per server unless api_key is given or auth="none".
     api_key: str | None = None
     auth: Literal["bearer", "none"] = "bearer"
-    allowed_origins: tuple[str, ...] = ()
+    allowed_origins: StrTuple = ()
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     # One medium (a decoded image/audio payload, or a multipart file part); never above
     # max_body_bytes.
     max_media_part_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     allow_remote_media: bool = False
     chat_page: bool = True
+
+    @pydantic.field_validator("api_key")
+    @classmethod
+    def _api_key(cls, value: str | None) -> str | None:
+        return check_api_key(value)
 
 
 @dataclass(frozen=True)
@@ -145,9 +175,15 @@ def parse_config(cls: type[_C], config_json: str | bytes | None, *, required: bo
         data = json.loads(config_json)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidJsonError(f"config is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidJsonError("config is nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidConfigError(f"config must be a JSON object, not {type(data).__name__}")
+    where = lone_surrogate_at(data)
+    if where is not None:
+        raise InvalidJsonError(f"{where}: the string holds a lone surrogate escape (not valid UTF-8)", param=where)
     return config_from_dict(cls, data)
+
 
 
 def config_from_dict(cls: type[_C], data: dict[str, Any]) -> _C:

@@ -6,13 +6,18 @@ long load or stop on one model never blocks status calls on another.
 
 from __future__ import annotations
 
+import atexit
 import itertools
+import logging
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .config import MlxModelConfig, MlxServerConfig, ServerInfo, with_env_overrides
 from .errors import InvalidConfigError, LibMlxError, ServerNotRunningError, UnknownHandleError
+
+log = logging.getLogger("lib_mlx.runtime")
 
 if TYPE_CHECKING:
     import openai
@@ -38,6 +43,7 @@ class LibMlxRuntime:
         self._entries: dict[int, _Entry] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
+        _live_runtimes.add(self)
 
     # lifecycle ----------------------------------------------------------------------------
     def load_model(self, config: MlxModelConfig) -> int:
@@ -183,3 +189,25 @@ class LibMlxRuntime:
         was_running = server.running
         server.stop()
         return was_running
+
+
+# Every runtime of the process, so that exit can end their work first (see ``shutdown_all``).
+_live_runtimes: "weakref.WeakSet[LibMlxRuntime]" = weakref.WeakSet()
+
+
+def shutdown_all() -> None:
+    """Stop every server and engine of every runtime and wait for their threads.
+
+    A process that exits while an engine thread is inside MLX aborts in MLX's teardown
+    (``terminate called without an active exception``): the C++ statics go away under a
+    running thread. Registered with ``atexit`` (Python hosts; it runs before the interpreter
+    and then MLX are torn down) and called by the C library's exit hook (C hosts, whose exit
+    never finalizes Python). Safe to call more than once and from any thread."""
+    for rt in list(_live_runtimes):
+        try:
+            rt.close()
+        except Exception:  # noqa: BLE001 - exit goes on; the next runtime still gets closed
+            log.exception("closing a runtime at exit failed")
+
+
+atexit.register(shutdown_all)

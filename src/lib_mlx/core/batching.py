@@ -32,7 +32,7 @@ from .failures import generation_failure, recover_after_failure
 from .kv_quant import quantize_layer
 from .prompt_cache import CacheHit, cache_length, layouts_compile, round_batch_buffers, whole_step_prefix
 from .request import Job
-from .sampling import max_new_tokens, request_processors
+from .sampling import max_new_tokens
 from .single import Handoff
 
 log = logging.getLogger("lib_mlx.engine")
@@ -221,7 +221,7 @@ class BatchRunner:
                 caches=[self._joining(hit.cache if hit is not None else self.ctx.new_cache())],
                 all_tokens=[tokens[:reused]],
                 samplers=[ctx.sampler(params)],
-                logits_processors=[request_processors(params)],
+                logits_processors=[stream.processors],
             )
         except BaseException as exc:  # noqa: BLE001 - this request fails, the batch goes on
             log.exception("could not start a batched generation")
@@ -243,7 +243,7 @@ class BatchRunner:
                 caches=[self._joining(handoff.cache)],
                 all_tokens=[held],
                 samplers=[handoff.sampler],
-                logits_processors=[request_processors(job.params)],
+                logits_processors=[handoff.stream.processors],
             )
         except BaseException as exc:  # noqa: BLE001 - this request fails, the batch goes on
             log.exception("could not move a generation into a batch")
@@ -275,7 +275,7 @@ class BatchRunner:
             if seq is None:
                 continue
             try:
-                reason = seq.stream.add(r.token)
+                reason = seq.stream.add(r.token, r.logprobs)
             except Exception as exc:  # noqa: BLE001 - this request fails, the batch goes on
                 self._fail(r.uid, exc, in_batch=r.finish_reason is None)
                 continue

@@ -36,6 +36,7 @@ from .batching import BatchRunner
 from .context import RunContext
 from .engine_options import EngineOptions
 from .loader import LoadedModel
+from .mlx_thread import MlxThread
 from .prompt import RenderedPrompt
 from .prompt_cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, PromptCache
 from .request import Arrival, Generation, Job, SamplingParams
@@ -87,7 +88,14 @@ class Engine:
         if loaded.distributed is not None:
             self._ctx.lockstep = _lockstep(loaded, self.prompt_cache, self._stalled)
         _materialize(loaded.model)
-        self._thread = threading.Thread(target=self._run, name=f"lib_mlx-engine-{loaded.model_id}", daemon=True)
+        # A reused thread: MLX's per-thread streams outlive a thread of our own (``mlx_thread``).
+        # A distributed rank (a process of its own, loaded once) keeps a plain thread: its
+        # stalled-rank recovery was only verified there.
+        name = f"lib_mlx-engine-{loaded.model_id}"
+        if loaded.distributed is None:
+            self._thread: MlxThread | threading.Thread = MlxThread(self._run, name=name)
+        else:
+            self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     # public ----------------------------------------------------------------------------

@@ -12,14 +12,18 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from ..config import DEFAULT_PROMPT_CACHE_BYTES, MlxModelConfig
-from ..errors import LibMlxError
-from .engine import Engine
-from .engine_options import EngineOptions, build_options
-from .loader import LoadedModel, load
-from .prompt import ChatPrompt, RenderedPrompt, render
-from .request import Arrival, Generation, SamplingParams
-from .stats import EngineStats
+from ._limits import import_mlx_lm
+
+import_mlx_lm()  # before anything below imports mlx-lm: keeps the host's RLIMIT_NOFILE
+
+from ..config import DEFAULT_PROMPT_CACHE_BYTES, MlxModelConfig  # noqa: E402
+from ..errors import InvalidRequestError, LibMlxError  # noqa: E402
+from .engine import Engine  # noqa: E402
+from .engine_options import EngineOptions, build_options  # noqa: E402
+from .loader import LoadedModel, load  # noqa: E402
+from .prompt import ChatPrompt, RenderedPrompt, render  # noqa: E402
+from .request import Arrival, Generation, SamplingParams  # noqa: E402
+from .stats import EngineStats  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,24 @@ class InferenceCore(Protocol):
         """Messages -> tokens through the model's chat template (thread-safe; may be slow)."""
         ...
 
+    def check(self, prompt: RenderedPrompt, params: SamplingParams) -> None:
+        """Refuse (``InvalidRequestError`` naming the field) what the request's logits
+        processors cannot apply -- a schema the grammar engine cannot enforce, a ``logit_bias``
+        id outside the vocabulary -- before it is queued. Compiles its grammar (cached); the
+        first grammar of a large vocabulary takes a while: call it off the event loop."""
+        ...
+
     def count_tokens(self, prompt: RenderedPrompt) -> int:
         """The prompt's length as the model reads it (media expanded to their soft tokens)."""
+        ...
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """Plain text -> token ids (``add_special_tokens``: a BOS where the tokenizer adds one)."""
+        ...
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """Token ids -> text, special tokens included. Raises ``InvalidRequestError`` naming
+        the first id outside the vocabulary."""
         ...
 
     def announce(self) -> Arrival | None:
@@ -153,6 +173,7 @@ class MlxCore:
             "model_type": loaded.model_type,
             "context_length": loaded.context_length,
             "thinking_enabled": loaded.thinking_enabled,
+            "family": loaded.parser_spec.family,  # detected, or the load config's
         }
         if failure is not None:
             model["error"] = failure.to_abi()["error"]
@@ -213,6 +234,24 @@ class MlxCore:
         if not prompt.media or self.loaded.vlm is None:
             return len(prompt.tokens)
         return self.loaded.vlm.count_tokens(prompt.text, prompt.media)
+
+    def check(self, prompt: RenderedPrompt, params: SamplingParams) -> None:
+        from .processors import check_request
+
+        check_request(self.loaded, prompt, params)
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return list(self.loaded.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def detokenize(self, tokens: list[int]) -> str:
+        tokenizer = self.loaded.tokenizer
+        size = len(getattr(tokenizer, "_tokenizer", tokenizer))
+        bad = next((i for i, t in enumerate(tokens) if not 0 <= t < size), None)
+        if bad is not None:
+            raise InvalidRequestError(
+                f"token id {tokens[bad]} is outside the vocabulary (0..{size - 1})", param=f"tokens[{bad}]"
+            )
+        return tokenizer.decode(tokens, skip_special_tokens=False)
 
     def announce(self) -> Arrival | None:
         """A request is on its way (see ``Engine.announce``); pass the result to ``submit``."""

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..config import MlxModelConfig
 from ..errors import LibMlxError, ModelLoadError, ModelNotFoundError
-from .parsers import ParserSpec, parser_spec_from_tokenizer
+from .parsers import Family, ParserSpec, family_of, parser_spec_from_tokenizer
 
 log = logging.getLogger("lib_mlx.loader")
 
@@ -43,8 +43,22 @@ class LoadedModel:
         return self.vlm.capabilities if self.vlm is not None else frozenset()
 
     @property
+    def family(self) -> Family:
+        """The model's family (``core.parsers``): parser, call syntax, history and thinking rules."""
+        return family_of(self.parser_spec)
+
+    @property
     def model_type(self) -> str:
         return str(self.config.get("model_type", "unknown"))
+
+
+def _is_dir(path: Path) -> bool:
+    """``Path.is_dir`` that answers False, not OSError, for a name too long or otherwise not a
+    path this system can look up."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
 
 
 def resolve_model_path(config: MlxModelConfig) -> Path:
@@ -52,7 +66,7 @@ def resolve_model_path(config: MlxModelConfig) -> Path:
     where a network exists). Anything that cannot be found is ``model_not_found``."""
     if config.model_path:
         path = Path(config.model_path).expanduser()
-        if not path.is_dir():
+        if not _is_dir(path):
             raise ModelNotFoundError(f"model directory not found: {config.model_path}", param="model_path")
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(
@@ -123,6 +137,7 @@ def load(config: MlxModelConfig) -> LoadedModel:
     except Exception as exc:
         raise ModelLoadError(f"could not load model from {path}: {type(exc).__name__}: {exc}") from None
     model_config = json.loads((path / "config.json").read_text())
+    spec = parser_spec_from_tokenizer(tokenizer, config.family, model_config)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -130,7 +145,7 @@ def load(config: MlxModelConfig) -> LoadedModel:
         model_id=config.model_id or path.name,
         config=model_config,
         context_length=_context_length(model_config, tokenizer),
-        parser_spec=parser_spec_from_tokenizer(tokenizer),
+        parser_spec=spec,
         generation_defaults=_generation_defaults(path),
         thinking_enabled=config.thinking_enabled,
         vlm=vlm,

@@ -10,6 +10,8 @@ from typing import Any
 
 from ..errors import InvalidRequestError
 from .loader import LoadedModel
+from .template import apply_chat_template
+from .template_guard import check_prompt_size, check_rendered_size, check_template_kwargs
 
 
 @dataclass
@@ -22,6 +24,9 @@ class ChatPrompt:
     thinking: bool | None = None
     parallel_tool_calls: bool = True
     template_kwargs: dict[str, Any] = field(default_factory=dict)
+    max_tool_calls: int | None = None  # the answer ends at this many calls
+    # The request's reasoning effort ("low", "medium", "high"...), for templates that read one.
+    reasoning_effort: str | None = None
 
 
 @dataclass
@@ -38,6 +43,9 @@ class RenderedPrompt:
     # generation ends after the first call.
     parse_tools: bool = True
     max_tool_calls: int | None = None
+    # The request's tool_choice ("required" or a named function forces a call; see
+    # ``core.tool_grammar``).
+    tool_choice: Any = None
     # Decoded images/audio (``core.vlm.MediaInputs``) in the order the text's placeholders
     # appear; the engine encodes them (``core.vlm.prompt_inputs``).
     media: Any = None
@@ -92,17 +100,20 @@ def _normalize_tool_calls(tool_calls: list[dict[str, Any]]) -> list[dict[str, An
 
 def normalize_messages(messages: list[dict[str, Any]], loaded: LoadedModel) -> list[dict[str, Any]]:
     """Copy messages into what chat templates expect: text content, parsed tool-call arguments,
-    and no reasoning from prior assistant turns.
+    prior reasoning kept or dropped as the model's family says, then the family's own history
+    edits (``Family.prepare_history``).
 
-    Turn stripping: an assistant turn before the last user message loses its reasoning (the
-    ``reasoning_content``/``reasoning`` fields and inline blocks in ``content``), as the
-    families' templates drop it. An assistant turn after the last user message -- the tool
-    loop now in progress -- keeps its reasoning as ``reasoning_content`` (the field, or the
-    inline block moved out of ``content``), and the template decides: Qwen3 and Gemma 4 render
-    it back so that the model continues its own thought."""
-    from .parsers import split_reasoning
+    Reasoning: an assistant turn's reasoning (the ``reasoning_content``/``reasoning`` fields, or
+    an inline block moved out of ``content``) is passed as ``reasoning_content`` where the
+    family keeps it (``Family.keep_reasoning``; by default only in the turns after the last
+    user message -- the tool loop in progress -- so that the model continues its own thought),
+    and the template decides how to print it. Tool-call ids the family's template would refuse
+    are rewritten, consistently in calls and results (``Family.valid_call_id``)."""
+    from .parsers import KEEP_ALL, KEEP_NONE, split_reasoning
 
+    family = loaded.family
     last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    ids = _CallIds(family)
     out: list[dict[str, Any]] = []
     for i, message in enumerate(messages):
         role = message.get("role")
@@ -111,30 +122,42 @@ def normalize_messages(messages: list[dict[str, Any]], loaded: LoadedModel) -> l
         if role == "assistant":
             content, inline = split_reasoning(content, loaded.parser_spec)
             reasoning = message.get("reasoning_content") or message.get("reasoning") or inline
-            if i > last_user and reasoning:
+            keep = family.keep_reasoning == KEEP_ALL or (family.keep_reasoning != KEEP_NONE and i > last_user)
+            if keep and reasoning:
                 msg["reasoning_content"] = reasoning
             if message.get("tool_calls"):
-                msg["tool_calls"] = _normalize_tool_calls(message["tool_calls"])
+                msg["tool_calls"] = [ids.call(c) for c in _normalize_tool_calls(message["tool_calls"])]
         if role == "tool":
             if message.get("tool_call_id") is not None:
-                msg["tool_call_id"] = message["tool_call_id"]
+                msg["tool_call_id"] = ids.get(message["tool_call_id"])
             if message.get("name") is not None:
                 msg["name"] = message["name"]
         msg["content"] = content
         out.append(msg)
-    if loaded.parser_spec.tool_parser == "gemma4":
-        _drop_preamble_before_tool_results(out)
+    if family.prepare_history is not None:
+        family.prepare_history(out)
     return out
 
 
-def _drop_preamble_before_tool_results(messages: list[dict[str, Any]]) -> None:
-    """Gemma 4's template prints an assistant message's ``content`` *after* its tool results and
-    then closes the turn, so a call that came with a text preamble ("Let me check.") would leave
-    the prompt without a place for the model to answer the results. The preamble was already
-    shown to the user; drop it from calls whose results follow."""
-    for msg, following in zip(messages, messages[1:]):
-        if msg["role"] == "assistant" and msg.get("tool_calls") and following["role"] == "tool":
-            msg["content"] = ""
+class _CallIds:
+    """Client tool-call ids, rewritten where the family's template would refuse them."""
+
+    def __init__(self, family: Any) -> None:
+        self.family = family
+        self.map: dict[str, str] = {}
+
+    def get(self, call_id: Any) -> Any:
+        valid = self.family.valid_call_id
+        if not isinstance(call_id, str) or valid is None or valid(call_id):
+            return call_id
+        if call_id not in self.map:
+            self.map[call_id] = self.family.call_id()
+        return self.map[call_id]
+
+    def call(self, call: dict[str, Any]) -> dict[str, Any]:
+        if "id" in call:
+            call["id"] = self.get(call["id"])
+        return call
 
 
 def resolve_thinking(loaded: LoadedModel, requested: bool | None) -> bool:
@@ -146,6 +169,8 @@ def render(loaded: LoadedModel, prompt: ChatPrompt) -> RenderedPrompt:
     from .vlm import collect_media
 
     tokenizer = loaded.tokenizer
+    check_template_kwargs(prompt.template_kwargs, getattr(tokenizer, "chat_template", None))
+    check_prompt_size(prompt.messages, prompt.tools, loaded.context_length)
     thinking = resolve_thinking(loaded, prompt.thinking)
     media = collect_media(prompt.messages)
     if media and getattr(loaded, "vlm", None) is None:
@@ -156,19 +181,20 @@ def render(loaded: LoadedModel, prompt: ChatPrompt) -> RenderedPrompt:
         )
     messages = normalize_messages(prompt.messages, loaded)
     tools = prompt.tools if prompt.tools and prompt.tool_choice != "none" else None
+    family = loaded.family
     kwargs: dict[str, Any] = dict(prompt.template_kwargs)
-    kwargs["enable_thinking"] = thinking
+    kwargs.update(family.template_kwargs(thinking, prompt.reasoning_effort))
     if getattr(tokenizer, "chat_template", None) is None:
         text = "\n".join(f"{m['role']}: {_text_of(m['content'])}" for m in messages) + "\nassistant: "
     else:
         try:
-            text = tokenizer.apply_chat_template(
-                messages, tools=tools, add_generation_prompt=True, tokenize=False, **kwargs
-            )
+            text = apply_chat_template(tokenizer, messages, tools, **kwargs)
         except Exception as exc:  # template errors are the caller's input problem
             raise InvalidRequestError(f"the chat template rejected these messages: {exc}", param="messages") from None
-    prefix = _forced_tool_call_prefix(loaded, tools, prompt.tool_choice)
+    parses_calls = family.parser is not None or family.markers(loaded.parser_spec)[2]
+    prefix = family.forced_call(prompt.tool_choice) if tools and parses_calls else ""
     text += prefix
+    check_rendered_size(text, loaded.context_length)
     tokens = tokenizer.encode(text, add_special_tokens=False)
     spec = loaded.parser_spec
     starts_in_reasoning = bool(spec.think_start) and text.rstrip().endswith(spec.think_start or "\0")
@@ -180,28 +206,7 @@ def render(loaded: LoadedModel, prompt: ChatPrompt) -> RenderedPrompt:
         assistant_prefix=prefix,
         tools=tools,
         parse_tools=prompt.tool_choice != "none",
-        max_tool_calls=None if prompt.parallel_tool_calls else 1,
+        max_tool_calls=1 if not prompt.parallel_tool_calls else prompt.max_tool_calls,
+        tool_choice=prompt.tool_choice,
         media=media or None,
     )
-
-
-# How each tool-parser family opens a call, and how it names the function.
-_CALL_OPENINGS: dict[str, tuple[str, str]] = {
-    "json_tools": ("<tool_call>\n", '{{"name": "{name}", "arguments": '),
-    "gemma4": ("<|tool_call>", "call:{name}"),
-}
-
-
-def _forced_tool_call_prefix(loaded: LoadedModel, tools: list[dict[str, Any]] | None, tool_choice: Any) -> str:
-    """``tool_choice`` "required" or a named function: open the family's tool-call syntax at the
-    end of the prompt so the model must write a call (to that function)."""
-    if not tools or tool_choice in (None, "auto", "none"):
-        return ""
-    opening = _CALL_OPENINGS.get(loaded.parser_spec.tool_parser or "")
-    if opening is None:
-        return ""
-    start, named = opening
-    name = None
-    if isinstance(tool_choice, dict):
-        name = (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
-    return start + (named.format(name=name) if name else "")

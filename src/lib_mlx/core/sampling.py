@@ -15,6 +15,7 @@ draws the same tokens on either. Per request:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,14 @@ LogitsProcessor = Callable[..., Any]
 # Samplers without a seed are shared between requests with equal settings, so that a batch of
 # them samples in one call; a seeded request gets its own random key, so that its draws do not
 # depend on what else runs beside it.
+# Bounded (least recently used out): a client cycling through distinct temperatures must not
+# grow it for ever.
 _shared_samplers: dict[tuple[float, float, int, float], Sampler] = {}
+_shared_samplers_lock = threading.Lock()
+MAX_SHARED_SAMPLERS = 32
+# A top_p below this keeps only the most likely token (greedy); mlx-lm's top-p mask underflows
+# (float32) near 1e-45 and would then sample from garbage.
+MIN_TOP_P = 1e-6
 
 
 def sampling_settings(params: SamplingParams, defaults: dict[str, Any]) -> tuple[float, float, int, float]:
@@ -41,12 +49,10 @@ def sampling_settings(params: SamplingParams, defaults: dict[str, Any]) -> tuple
             value = defaults.get(name, fallback)
         return value or 0
 
-    return (
-        float(pick("temperature", 1.0)),
-        float(pick("top_p", 0.0)),
-        int(pick("top_k", 0)),
-        float(pick("min_p", 0.0)),
-    )
+    temp, top_p = float(pick("temperature", 1.0)), float(pick("top_p", 0.0))
+    if 0 < top_p < MIN_TOP_P:
+        temp, top_p = 0.0, 0.0  # the nucleus is the top token alone: greedy
+    return (temp, top_p, int(pick("top_k", 0)), float(pick("min_p", 0.0)))
 
 
 def make_request_sampler(
@@ -59,9 +65,13 @@ def make_request_sampler(
         top_k = adjust_top_k(top_k)
     settings = (temp, top_p, top_k, min_p)
     if params.seed is None or temp == 0:
-        sampler = _shared_samplers.get(settings)
-        if sampler is None:
-            sampler = _shared_samplers[settings] = make_sampler(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p)
+        with _shared_samplers_lock:
+            sampler = _shared_samplers.pop(settings, None)
+            if sampler is None:
+                sampler = make_sampler(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p)
+            _shared_samplers[settings] = sampler  # the most recently used last
+            while len(_shared_samplers) > MAX_SHARED_SAMPLERS:
+                del _shared_samplers[next(iter(_shared_samplers))]
         return sampler
     return SeededSampler(params.seed % (1 << 64), temp, top_p, top_k, min_p)
 
@@ -71,9 +81,14 @@ def request_sampler(loaded: "LoadedModel", params: SamplingParams) -> Sampler:
     return make_request_sampler(params, loaded.generation_defaults, adjust_top_k=lambda k: clamp_top_k(loaded, k))
 
 
-def request_processors(params: SamplingParams) -> tuple[LogitsProcessor, ...]:
-    """The logits processors a request runs with, in order."""
-    return tuple(params.logits_processors)
+def request_processors(loaded: "LoadedModel", prompt: Any, params: SamplingParams) -> tuple[LogitsProcessor, ...]:
+    """The logits processors a request runs with, in order: the extension seam's
+    (``params.logits_processors``), ``logit_bias`` and penalties, the thinking budget, the
+    grammar (``core.processors``). They keep per-request state: build them once per request
+    (``RequestStream.processors``), also across a move into the batch."""
+    from .processors import request_processors as build
+
+    return build(loaded, prompt, params)
 
 
 class SeededSampler:

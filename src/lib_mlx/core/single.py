@@ -20,7 +20,7 @@ from .failures import recover_after_failure
 from .kv_quant import maybe_quantize
 from .prompt_cache import cache_length, cache_nbytes, reserve
 from .request import Job
-from .sampling import Sampler, max_new_tokens, request_processors, rewind, with_prefix
+from .sampling import Sampler, max_new_tokens, rewind, with_prefix
 from .vlm import prompt_inputs
 
 log = logging.getLogger("lib_mlx.engine")
@@ -93,10 +93,13 @@ def _generate(ctx: RunContext, job: Job, still_alone: Callable[[], bool] | None)
 
     max_tokens = max_new_tokens(loaded, n_prompt, params.max_tokens)
     sampler = ctx.sampler(params)
-    processors = request_processors(params)
+    processors = stream.processors
     # Speculative decoding (``speculative``) for a request alone; never with media, nor across
-    # ranks kept in step (each rank must run the very forward passes rank 0 runs).
-    speculation = ctx.options.speculation if not inputs.step_kwargs and lockstep is None else None
+    # ranks kept in step (each rank must run the very forward passes rank 0 runs), nor with
+    # logits processors (a grammar mask or a penalty keeps state per accepted token, which a
+    # verify pass over several drafted positions would advance and then have to take back).
+    plain = not inputs.step_kwargs and lockstep is None and not processors
+    speculation = ctx.options.speculation if plain else None
     if speculation is not None:
         steps = _speculative_steps(speculation, loaded.model, tokens, start, cache, sampler, processors, max_tokens, kv)
     elif start > reused:  # a checkpoint took the history: the tail needs one pass, not two
@@ -119,14 +122,14 @@ def _generate(ctx: RunContext, job: Job, still_alone: Callable[[], bool] | None)
     quantize_at = kv.start if kv is not None and kv.start > 0 else None
     try:
         add = stream.add
-        for token, _ in steps:
+        for token, logprobs in steps:
             fed.append(token)
             if quantize_at is not None and n_prompt + len(fed) >= quantize_at:
                 maybe_quantize(cache, kv)
                 quantize_at = None
             if len(fed) % 64 == 1:
                 ctx.kv_live_bytes = cache_nbytes(cache)
-            finished = add(token)
+            finished = add(token, logprobs)
             if lockstep is not None:
                 # Every rank runs the forward passes rank 0 runs: it alone decides the end.
                 if lockstep.agree(finished is None):

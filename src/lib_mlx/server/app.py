@@ -20,6 +20,7 @@ from .page import page_routes
 from .request_id import RequestIdMiddleware
 from .responses import ResponseStore, create_response, delete_response, get_response
 from .security import AccessMiddleware, BodyLimitMiddleware, allowed_hosts
+from .tokenize import apply_template, detokenize, tokenize
 
 
 def build_app(ctx: ServerContext, *, port: int) -> Starlette:
@@ -33,6 +34,9 @@ def build_app(ctx: ServerContext, *, port: int) -> Starlette:
         Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
         Route("/v1/responses/{response_id}", get_response, methods=["GET"]),
         Route("/v1/responses/{response_id}", delete_response, methods=["DELETE"]),
+        Route("/tokenize", tokenize, methods=["POST"]),
+        Route("/detokenize", detokenize, methods=["POST"]),
+        Route("/apply-template", apply_template, methods=["POST"]),
     ]
     if ctx.settings.chat_page:
         routes += page_routes()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -20,13 +21,16 @@ import pydantic
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .._text import lone_surrogate_at
 from ..config import MlxServerConfig
 from ..core import Arrival, Generation, InferenceCore, RenderedPrompt, SamplingParams
 from ..errors import (
+    CancelledError,
     ContextLengthExceededError,
     InvalidJsonError,
     InvalidRequestError,
     ModelNotFoundError,
+    QueueFullError,
 )
 from .errors import from_validation_error
 from .security import body_too_large
@@ -34,6 +38,9 @@ from .security import body_too_large
 _M = TypeVar("_M", bound=pydantic.BaseModel)
 
 log = logging.getLogger("lib_mlx.server")
+
+# Prompts rendering at once (each also counts against queue_limit while it renders).
+MAX_CONCURRENT_RENDERS = 4
 
 
 @dataclass
@@ -44,6 +51,9 @@ class ServerContext:
     api_key: str | None
     generations: set[Generation] = field(default_factory=set)
     ready: bool = True
+    rendering: int = 0  # prompts being rendered now (they count against queue_limit)
+    _render_pool: ThreadPoolExecutor | None = field(default=None, repr=False)
+    _stopping: asyncio.Event | None = field(default=None, repr=False)
 
     # request helpers --------------------------------------------------------------------
     async def read_body(self, request: Request) -> bytes:
@@ -65,17 +75,9 @@ class ServerContext:
 
     async def read_json(self, request: Request) -> dict[str, Any]:
         body = await self.read_body(request)
-        try:
-            data = json.loads(body.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise InvalidJsonError("request body is not valid UTF-8") from None
-        except ValueError as exc:
-            raise InvalidJsonError(f"request body is not valid JSON: {exc}") from None
-        except RecursionError:
-            raise InvalidJsonError("request body is nested too deeply") from None
-        if not isinstance(data, dict):
-            raise InvalidRequestError("request body must be a JSON object")
-        return data
+        if len(body) > _PARSE_ON_LOOP_BYTES:  # a large body parses off the event loop
+            return await asyncio.to_thread(parse_json_body, body)
+        return parse_json_body(body)
 
     @staticmethod
     def parse(model: type[_M], data: dict[str, Any]) -> _M:
@@ -99,16 +101,52 @@ class ServerContext:
     async def render(self, prompt: Any) -> RenderedPrompt:
         """Render in a thread, the request announced to the engine meanwhile (requests of a
         burst render side by side; the first to be submitted then waits for the others, so that
-        they prefill as one batch). The request's watch closes the announcement at the latest."""
+        they prefill as one batch). The request's watch closes the announcement at the latest.
+
+        A render counts against ``queue_limit`` (429 when renders plus generations fill it), at
+        most ``MAX_CONCURRENT_RENDERS`` run at once, and a server that stops meanwhile answers
+        the request ``cancelled`` at once (the render thread, bounded by the prompt's size
+        check, finishes on its own)."""
+        if not self.ready:
+            raise CancelledError("the server is stopping")
+        if self.rendering + self.core.in_flight >= self.core.queue_limit:
+            raise QueueFullError()
+        if self._render_pool is None:
+            # Our own threads, not the loop's default executor: a server that stops does not
+            # wait for a render it has given up on.
+            self._render_pool = ThreadPoolExecutor(MAX_CONCURRENT_RENDERS, thread_name_prefix="lib_mlx-render")
+            self._stopping = asyncio.Event()
         watch = _request_watch.get()
         if watch is not None and watch.arrival is None:
             watch.arrival = self.core.announce()
+        self.rendering += 1
         try:
-            return await asyncio.to_thread(self.core.render, prompt)
+            job = asyncio.get_running_loop().run_in_executor(self._render_pool, self.core.render, prompt)
+            assert self._stopping is not None
+            stopping = asyncio.ensure_future(self._stopping.wait())
+            try:
+                await asyncio.wait({job, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+            if not job.done() or not self.ready:
+                job.add_done_callback(_drop_result)
+                raise CancelledError("the server stopped while the prompt was rendering")
+            return job.result()
         except BaseException:
             if watch is not None and watch.arrival is not None:
                 watch.arrival.close()
             raise
+        finally:
+            self.rendering -= 1
+
+    async def check(self, rendered: RenderedPrompt, params: SamplingParams) -> None:
+        """The core's refusals of what decoding cannot apply (an unenforceable schema, a
+        ``logit_bias`` id outside the vocabulary), as 400s before the request is queued. In a
+        thread where there is a grammar to compile (the first of a large vocabulary builds the
+        grammar engine's tokenizer: seconds)."""
+        if params.grammar is None and not params.logit_bias and not rendered.tools:
+            return
+        await asyncio.to_thread(self.core.check, rendered, params)
 
     def submit(self, rendered: RenderedPrompt, params: SamplingParams) -> Generation:
         watch = _request_watch.get()
@@ -124,8 +162,51 @@ class ServerContext:
         self.generations.discard(generation)
 
     def cancel_all(self) -> None:
+        """The server is stopping (runs on its loop): end renders and generations."""
+        self.ready = False
+        if self._stopping is not None:
+            self._stopping.set()
+        if self._render_pool is not None:
+            self._render_pool.shutdown(wait=False, cancel_futures=True)
         for generation in list(self.generations):
             generation.cancel()
+
+
+def _drop_result(job: asyncio.Future[Any]) -> None:
+    if not job.cancelled():
+        job.exception()  # retrieved: an abandoned render's error is not logged as unhandled
+
+
+# Bodies up to this size parse on the event loop (microseconds); larger ones in a thread, so
+# that a 32 MiB body does not stall every other connection while it parses.
+_PARSE_ON_LOOP_BYTES = 256 * 1024
+
+
+def parse_json_body(body: bytes) -> dict[str, Any]:
+    """A request body -> its JSON object, or the 400 that says what is wrong with it."""
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidJsonError("request body is not valid UTF-8") from None
+    except ValueError as exc:
+        raise InvalidJsonError(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidJsonError("request body is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError("request body must be a JSON object")
+    reject_lone_surrogates(data)
+    return data
+
+
+def reject_lone_surrogates(data: dict[str, Any], prefix: str = "") -> None:
+    """400 naming the field whose string holds a lone surrogate escape (``"\\ud800"``): it
+    could be neither tokenized nor stored nor sent back."""
+    where = lone_surrogate_at(data, prefix)
+    if where is not None:
+        raise InvalidJsonError(
+            f"{where}: the string holds a lone surrogate escape (e.g. \\ud800), which is not valid Unicode text",
+            param=where,
+        )
 
 
 # --- cancel on disconnect -----------------------------------------------------------------------

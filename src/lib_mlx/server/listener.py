@@ -20,6 +20,7 @@ from ..config import MlxServerConfig, ServerInfo
 from ..core import InferenceCore
 from ..errors import InvalidConfigError, PortInUseError, ServerStartError
 from .app import build_app
+from .connections import guarded_protocol
 from .context import ServerContext
 
 log = logging.getLogger("lib_mlx.server")
@@ -34,7 +35,10 @@ def _bind(host: str, port: int) -> socket.socket:
     except socket.gaierror as exc:
         raise InvalidConfigError(f"cannot resolve host {host!r}: {exc}", param="host") from None
     family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only for a listening
+    # socket whose proto says TCP. Without it, Nagle + delayed ACK add ~40 ms to every request
+    # on a reused (keep-alive) connection.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(address)
@@ -72,6 +76,8 @@ class ServerHandle:
             # Our own Host check replaces uvicorn's proxy handling.
             proxy_headers=False,
             server_header=False,
+            # Read timeouts and a connection cap (``server.connections``).
+            http=guarded_protocol(),
         )
         self._server = uvicorn.Server(config)
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -48,12 +48,26 @@ class MediaLimits:
     max_image_pixels: int = 40_000_000
     max_audio_seconds: float = 600.0
     remote_timeout: float = 10.0
+    # All of a request's decoded media (RGB pixels x 3 + audio samples x 4 bytes): a small,
+    # well-compressed file repeated many times must not decode into gigabytes.
+    max_decoded_bytes: int = 512 * 1024 * 1024
 
 
 class _Budget:
+    """One request's media budget: every item (every reference to the same data too) counts."""
+
     def __init__(self, limits: MediaLimits) -> None:
         self.limits = limits
         self.used = 0
+        self.decoded = 0
+
+    def take_decoded(self, size: int, param: str) -> None:
+        self.decoded += size
+        if self.decoded > self.limits.max_decoded_bytes:
+            raise PayloadTooLargeError(
+                f"{param}: the request's decoded media exceed the {self.limits.max_decoded_bytes}-byte limit in total",
+                param=param,
+            )
 
     def take(self, data: bytes, param: str) -> bytes:
         if len(data) > self.limits.max_part_bytes:
@@ -133,7 +147,9 @@ def load_source(url: str, *, param: str, allow_remote: bool, limits: MediaLimits
 # --- decoding ----------------------------------------------------------------------------------
 
 
-def decode_image(data: bytes, *, param: str, limits: MediaLimits = MediaLimits()) -> Any:
+def decode_image(
+    data: bytes, *, param: str, limits: MediaLimits = MediaLimits(), budget: _Budget | None = None
+) -> Any:
     """Image bytes -> a fully loaded RGB ``PIL.Image``; truncated or unknown data is a 400."""
     from PIL import Image, UnidentifiedImageError
 
@@ -154,6 +170,8 @@ def decode_image(data: bytes, *, param: str, limits: MediaLimits = MediaLimits()
         raise PayloadTooLargeError(
             f"{param}: a {width}x{height} image exceeds the {limits.max_image_pixels}-pixel limit", param=param
         )
+    if budget is not None:
+        budget.take_decoded(width * height * 3, param)  # before decoding a pixel
     try:
         image.load()  # decodes everything: a truncated file fails here
     except (OSError, ValueError, SyntaxError) as exc:
@@ -316,7 +334,8 @@ def decode_messages(
                     raise InvalidRequestError(f"{param}.image_url: an image URL is required", param=f"{param}.image_url")
                 data, _ = load_source(url, param=f"{param}.image_url", allow_remote=allow_remote, limits=limits)
                 budget.take(data, f"{param}.image_url")
-                parts.append({"type": "image", "image": decode_image(data, param=f"{param}.image_url", limits=limits)})
+                image = decode_image(data, param=f"{param}.image_url", limits=limits, budget=budget)
+                parts.append({"type": "image", "image": image})
             elif kind in ("input_audio", "audio_url"):
                 parts.append({"type": "audio", "audio": _audio_part(part, param, allow_remote, limits, budget)})
             else:
@@ -360,7 +379,9 @@ def _audio_part(
         except InvalidRequestError:
             fmt = None  # an unusual mime type: let the bytes speak
     budget.take(data, where)
-    return decode_audio(data, fmt=fmt if isinstance(fmt, str) else None, param=where, limits=limits)
+    clip = decode_audio(data, fmt=fmt if isinstance(fmt, str) else None, param=where, limits=limits)
+    budget.take_decoded(int(clip.samples.size) * 4, where)
+    return clip
 
 
 # --- the request path (used by the chat and responses routes) --------------------------------

@@ -18,6 +18,7 @@ reading the rest. A missing or malformed ``request`` part is 400.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from dataclasses import dataclass, field
@@ -142,18 +143,18 @@ async def read_multipart(request: Request, *, max_part_bytes: int, max_total_byt
     if not boundary:
         raise InvalidRequestError("multipart/form-data request without a boundary", code="invalid_multipart")
     collector = _Collector(max_part_bytes)
-    parser = MultipartParser(boundary, collector.callbacks())
     size = 0
     try:
+        parser = MultipartParser(boundary, collector.callbacks())  # refuses a boundary over 256 bytes
         async for chunk in request.stream():
             size += len(chunk)
             if size > max_total_bytes:
                 raise PayloadTooLargeError(f"request body is larger than the {max_total_bytes}-byte limit")
-            parser.write(chunk)
+            await asyncio.to_thread(parser.write, chunk)  # python-multipart is pure Python: off the loop
         parser.finalize()
     except FormParserError as exc:
         raise InvalidRequestError(f"malformed multipart body: {exc}", code="invalid_multipart") from None
-    return _assemble(collector.parts)
+    return await asyncio.to_thread(_assemble, collector.parts)
 
 
 def _assemble(parts: list[_Part]) -> MultipartBody:
@@ -174,6 +175,9 @@ def _assemble(parts: list[_Part]) -> MultipartBody:
         raise InvalidJsonError("the 'request' part is nested too deeply", param="request") from None
     if not isinstance(payload, dict):
         raise InvalidRequestError("the 'request' part must be a JSON object", param="request")
+    from .context import reject_lone_surrogates
+
+    reject_lone_surrogates(payload)
     attachments: dict[str, Attachment] = {}
     for part in parts:
         if part is payload_part:
@@ -194,12 +198,20 @@ _URL_FIELDS: dict[str, tuple[str, str | None]] = {
 }
 
 
-def inline_attachments(payload: Any, attachments: dict[str, Attachment]) -> Any:
+def inline_attachments(payload: Any, attachments: dict[str, Attachment], *, max_total_bytes: int | None = None) -> Any:
     """Replace ``attachment:<part-name>`` references in media parts of a request body with data
     URLs of those parts (in place; returns ``payload``). A reference to a missing part is a 400
-    naming where it was."""
+    naming where it was.
 
-    def resolve(ref: str, param: str) -> str:
+    One part may be referenced many times: every reference counts its part's size against
+    ``max_total_bytes`` (413) before anything is copied, and each part is encoded once, every
+    reference sharing that one string (no copy per reference). Blocking (base64 of up to the
+    body cap): call it off the event loop."""
+    references: list[tuple[dict[str, Any], str, str, Attachment]] = []
+    total = 0
+
+    def resolve(holder: dict[str, Any], field_name: str, ref: str, param: str) -> None:
+        nonlocal total
         name = ref[len(ATTACHMENT_SCHEME) :]
         part = attachments.get(name)
         if part is None:
@@ -209,8 +221,14 @@ def inline_attachments(payload: Any, attachments: dict[str, Attachment]) -> Any:
                 param=param,
                 code="missing_attachment",
             )
-        mime = part.content_type or "application/octet-stream"
-        return f"data:{mime};base64,{base64.b64encode(part.data).decode('ascii')}"
+        total += len(part.data)
+        if max_total_bytes is not None and total > max_total_bytes:
+            raise PayloadTooLargeError(
+                f"{param}: the request's media references add up to more than the {max_total_bytes}-byte "
+                "limit (every reference to a file part counts its full size)",
+                param=param,
+            )
+        references.append((holder, field_name, param, part))
 
     def walk(node: Any, param: str) -> None:
         if isinstance(node, list):
@@ -225,12 +243,19 @@ def inline_attachments(payload: Any, attachments: dict[str, Attachment]) -> Any:
                     value = holder[field_name]
                     if value.startswith(ATTACHMENT_SCHEME):
                         path = f"{param}.{key}" + (f".{inner}" if inner else "")
-                        holder[field_name] = resolve(value, path.lstrip("."))
+                        resolve(holder, field_name, value, path.lstrip("."))
             for key, value in node.items():
                 if isinstance(value, (list, dict)):
                     walk(value, f"{param}.{key}" if param else key)
 
     walk(payload, "")
+    encoded: dict[str, str] = {}
+    for holder, field_name, _, part in references:
+        url = encoded.get(part.name)
+        if url is None:
+            mime = part.content_type or "application/octet-stream"
+            url = encoded[part.name] = f"data:{mime};base64,{base64.b64encode(part.data).decode('ascii')}"
+        holder[field_name] = url
     return payload
 
 
@@ -243,7 +268,11 @@ async def read_payload(ctx: Any, request: Request) -> dict[str, Any]:
         return await ctx.read_json(request)
     limits = media_limits(ctx.settings)
     body = await read_multipart(request, max_part_bytes=limits.max_part_bytes, max_total_bytes=limits.max_total_bytes)
-    return inline_attachments(body.payload, body.attachments)
+    if not body.attachments:
+        return body.payload
+    return await asyncio.to_thread(
+        inline_attachments, body.payload, body.attachments, max_total_bytes=limits.max_total_bytes
+    )
 
 
 __all__ = ["PAYLOAD_PARTS", "Attachment", "MultipartBody", "inline_attachments", "is_multipart", "read_multipart", "read_payload"]

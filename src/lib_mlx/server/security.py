@@ -19,7 +19,13 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import AuthenticationError, ForbiddenError, LibMlxError, PayloadTooLargeError
+from ..errors import (
+    AuthenticationError,
+    ForbiddenError,
+    LibMlxError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
 from .errors import error_response
 
 
@@ -93,6 +99,29 @@ class BodyLimitMiddleware:
         await self.app(scope, counted, send)
 
 
+# Paths that need the token: the API, and the prompt-inspection routes beside it.
+PROTECTED = ("/v1", "/tokenize", "/detokenize", "/apply-template")
+
+_BODY_TYPES = ("application/json", "multipart/form-data")
+
+
+def check_content_type(scope: Scope, headers: Headers) -> LibMlxError | None:
+    """POST bodies must say they are JSON or multipart. A web page may send a "simple" cross-site
+    POST (``text/plain``, form-encoded) without a CORS preflight; with ``auth: "none"`` it could
+    otherwise make the model generate, as every body used to be parsed as JSON whatever its type."""
+    if scope.get("method") != "POST":
+        return None
+    declared = headers.get("content-type", "")
+    media_type = declared.split(";", 1)[0].strip().lower()
+    if media_type in _BODY_TYPES:
+        return None
+    shown = f"{media_type!r}" if media_type else "no Content-Type"
+    return UnsupportedMediaTypeError(
+        f"POST bodies must be sent as application/json or multipart/form-data, not {shown}",
+        param="Content-Type",
+    )
+
+
 class AccessMiddleware:
     def __init__(self, app: ASGIApp, *, api_key: str | None, hosts: Iterable[str], public_paths: Iterable[str] = ("/", "/health")) -> None:
         self.app = app
@@ -106,7 +135,7 @@ class AccessMiddleware:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        error = self._check(scope, headers)
+        error = self._check(scope, headers) or check_content_type(scope, headers)
         if error is not None:
             await _refuse(error, scope)(scope, receive, send)
             return
@@ -117,7 +146,7 @@ class AccessMiddleware:
         if host not in self.hosts and not (self.any_address and _is_ip_address(host)):
             return ForbiddenError(f"Host header {host!r} is not allowed; use the server's own address or localhost")
         path: str = scope.get("path", "")
-        if self.api_key is None or path in self.public_paths or not path.startswith("/v1"):
+        if self.api_key is None or path in self.public_paths or not path.startswith(PROTECTED):
             return None
         if scope.get("method") == "OPTIONS":
             return None  # CORS preflight carries no credentials

@@ -8,8 +8,9 @@ block into ``ToolCall*`` events; everything else lives here:
 
 * **Whitespace.** Each reasoning block is stripped at both ends (Gemma 4's ``thought\\n``
   label and Qwen3's ``<think>\\n`` … ``\\n</think>``); the answer's leading whitespace after a
-  reasoning block or a tool call is dropped, and so is whitespace right before a tool call.
-  Whitespace is otherwise kept verbatim.
+  reasoning block or a tool call is dropped, and so is whitespace right before a tool call and,
+  for a family with reasoning markers, at the very start of the output (GLM-4.6's ``\n<think>``,
+  QwQ's blank lines after a block the prompt closed). Whitespace is otherwise kept verbatim.
 * **Malformed calls.** A block's text goes back raw (markers included) to the channel it
   began in — content, or reasoning if the block opened inside reasoning — and scanning
   resumes right after the point where it stopped making sense (see ``CallBlock``).
@@ -38,7 +39,7 @@ import functools
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from mlx_lm.generate import TextStateMachine
 
@@ -62,9 +63,51 @@ class ParserSpec:
     tool_parser: str | None = None
 
 
+def openai_call_id() -> str:
+    """``call_`` + 24 hex digits, the id OpenAI's own API issues."""
+    return "call_" + uuid.uuid4().hex[:24]
+
+
+@dataclass(frozen=True)
+class CallSyntax:
+    """How a family writes one tool call, as data (forced calls open with it; a grammar for
+    constrained decoding can be built from it).
+
+    ``start`` opens a call block and ``end`` closes it (None: the block lasts to the end of the
+    generation). ``named`` is what follows ``start`` up to where the arguments begin, with
+    ``{name}`` for the function's name. ``arguments`` names the argument format (``"json"``: a
+    JSON object; ``"gemma4"``: Gemma 4's bare-key syntax). ``separator`` goes between two calls
+    of one block (None: each call gets its own block)."""
+
+    start: str
+    end: str | None
+    named: str
+    arguments: str = "json"
+    separator: str | None = None
+
+    def opening(self, name: str | None) -> str:
+        """The text that forces a call (to ``name``, when given) at the end of a prompt."""
+        return self.start + (self.named.replace("{name}", name) if name else "")
+
+
+# Which prior assistant turns keep their reasoning in the prompt.
+KEEP_TOOL_LOOP = "tool_loop"  # only turns after the last user message (the loop in progress)
+KEEP_ALL = "all"
+KEEP_NONE = "none"
+
+
 @dataclass(frozen=True)
 class Family:
-    """A registered output family: default markers and the syntax of its tool calls."""
+    """Everything family-specific: default markers and the syntax of its tool calls (for the
+    parser), the call syntax as data (forced calls), the template switches that turn thinking
+    on and off, how history is prepared for its template, and its tool-call id rule.
+
+    ``thinking_switches``: template variables set to the thinking toggle (Granite 3.3 reads
+    ``thinking``, most ``enable_thinking``). ``effort_variable``: where the template reads a
+    reasoning effort (gpt-oss: ``reasoning_effort``). ``keep_reasoning``: which prior
+    assistant turns keep their reasoning (``KEEP_*``). ``prepare_history``: a last edit of the
+    normalized messages (in place). ``call_id``: a fresh tool-call id; ``valid_call_id``: an id
+    the template accepts (ids from a client that fail it are rewritten consistently)."""
 
     name: str
     call_block: Callable[..., CallBlock] | None = None  # CallBlock subclass; None: no tool calls
@@ -73,12 +116,31 @@ class Family:
     tool_call_start: str | None = None
     tool_call_end: str | None = None
     use_markers: bool = True  # False: text passes through untouched (plain models)
+    syntax: CallSyntax | None = None
+    thinking_switches: tuple[str, ...] = ("enable_thinking",)
+    effort_variable: str | None = None
+    keep_reasoning: str = KEEP_TOOL_LOOP
+    prepare_history: Callable[[list[dict[str, Any]]], None] | None = None
+    call_id: Callable[[], str] = openai_call_id
+    valid_call_id: Callable[[str], bool] | None = None
+    # True: the family's own markers, whatever mlx-lm inferred from the vocabulary (families
+    # mlx-lm does not know); False: markers the tokenizer declares win (qwen3, gemma4, mlx_lm).
+    own_markers: bool = False
+    # A family whose output is not a marker language (gpt-oss's Harmony channels): a factory
+    # with ``make_parser``'s keyword arguments plus ``spec`` and ``family`` that returns an
+    # object with ``StreamParser``'s interface.
+    parser: Callable[..., Any] | None = None
+    # More texts that open a call block (Llama 3's bare ``{"name"`` beside ``<|python_tag|>``);
+    # the block sees which one opened it.
+    more_call_starts: tuple[str, ...] = ()
+    # Texts dropped from the answer (Granite 3.3's ``<response>`` ... ``</response>``).
+    silent_markers: tuple[str, ...] = ()
 
     def markers(self, spec: ParserSpec) -> tuple[str | None, str | None, str | None, str | None]:
         if not self.use_markers:
             return None, None, None, None
         own = (spec.think_start, spec.think_end, spec.tool_call_start, spec.tool_call_end)
-        if not any(own):
+        if self.own_markers or not any(own):
             own = (self.think_start, self.think_end, self.tool_call_start, self.tool_call_end)
         ts, te, cs, ce = (m or None for m in own)  # "" (e.g. mistral's end) means none
         if not (ts and te):
@@ -86,6 +148,23 @@ class Family:
         if not cs or self.call_block is None:
             cs = ce = None
         return ts, te, cs, ce
+
+    def template_kwargs(self, thinking: bool, effort: str | None = None) -> dict[str, Any]:
+        """The template variables for a thinking toggle (and a reasoning effort)."""
+        kwargs: dict[str, Any] = {switch: thinking for switch in self.thinking_switches}
+        if self.effort_variable and effort and effort != "none":
+            kwargs[self.effort_variable] = effort
+        return kwargs
+
+    def forced_call(self, tool_choice: Any) -> str:
+        """``tool_choice`` "required" or a named function: the text that opens a call at the end
+        of the prompt, so that the model must write one ("" where the family has no syntax)."""
+        if self.syntax is None or tool_choice in (None, "auto", "none"):
+            return ""
+        name = None
+        if isinstance(tool_choice, dict):
+            name = (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
+        return self.syntax.opening(name)
 
 
 class CallBlock:
@@ -164,10 +243,11 @@ class CallBlock:
     def _complete_enough(self) -> bool:
         return False
 
-    def _commit(self, name: str) -> None:
+    def _commit(self, name: str, call_id: str | None = None) -> None:
+        """``call_id``: an id the model wrote itself (kept); else the family makes one."""
         if not self._parser.offers(name):
             raise Malformed(f"function {name!r} was not offered")
-        index, call_id = self._parser._call_start(self, name)
+        index, call_id = self._parser._call_start(self, name, call_id)
         self._open = [index, call_id, name, []]
 
     def _delta(self, text: str) -> None:
@@ -200,18 +280,29 @@ class CallBlock:
 
 
 @functools.lru_cache(maxsize=64)
-def _machine(ts: str | None, te: str | None, cs: str | None, ce: str | None):
-    """The state machine for a marker set and the marker behind each (from, to) transition."""
-    edges: dict[str, list[tuple[str, str]]] = {NORMAL: []}
+def _machine(
+    ts: str | None,
+    te: str | None,
+    cs: str | None,
+    ce: str | None,
+    more_cs: tuple[str, ...] = (),
+    silent: tuple[str, ...] = (),
+):
+    """The state machine for a marker set and the markers behind each (from, to) transition."""
+    edges: dict[str, list[tuple[str, str]]] = {NORMAL: [(m, NORMAL) for m in silent]}
     if ts and te:
         edges[NORMAL].append((ts, REASONING))
         edges[REASONING] = [(te, NORMAL)]
     if cs:
-        edges[NORMAL].append((cs, TOOL))
-        if ts and te:
-            edges[REASONING].append((cs, TOOL))
+        for start in (cs, *more_cs):
+            edges[NORMAL].append((start, TOOL))
+            if ts and te:
+                edges[REASONING].append((start, TOOL))
         edges[TOOL] = [(ce, NORMAL)] if ce else []
-    markers = {(src, dst): text for src, out in edges.items() for text, dst in out}
+    markers: dict[tuple[str, str], tuple[str, ...]] = {}
+    for src, out in edges.items():
+        for text, dst in out:
+            markers[(src, dst)] = (*markers.get((src, dst), ()), text)
     return TextStateMachine(edges), markers
 
 
@@ -234,11 +325,13 @@ class StreamParser:
         self.spec = spec
         self.family = family
         self.tools = tools
-        self._offered = None if tools is None else frozenset(_tool_names(tools))
+        self._offered = None if tools is None else frozenset(tool_names(tools))
         self._prefill = len(prefill)
         self.in_reasoning = False
         self.reasoning_tokens = 0
-        self._sm, self._markers = _machine(ts, te, cs, ce)
+        self.answered = False  # answer text (not whitespace) has been emitted
+        more = family.more_call_starts if cs else ()
+        self._sm, self._markers = _machine(ts, te, cs, ce, more, family.silent_markers if family.use_markers else ())
         start = REASONING if starts_in_reasoning and ts else NORMAL
         self._st = self._sm.make_state(start)
         self._events: list[Event] = []
@@ -252,7 +345,9 @@ class StreamParser:
         # whitespace handling
         self._hold_ws = cs is not None
         self._content_ws = ""
-        self._content_lstrip = False
+        # Whitespace at the very start of the output is formatting where the family has a
+        # reasoning block (GLM-4.6's "\n<think>", QwQ's blank lines after a closed block).
+        self._content_lstrip = bool(ts) and not prefill
         self._reason_ws = ""
         self._reason_lstrip = start == REASONING
         self._reasoned = False
@@ -329,7 +424,8 @@ class StreamParser:
         prev = None
         for n, (state, text) in enumerate(segments):
             if n:
-                marker = self._markers[(prev, state)]
+                candidates = self._markers[(prev, state)]
+                marker = next((m for m in candidates if raw.startswith(m, at)), candidates[0])
                 at += len(marker)
                 restart = self._transition(prev, state, marker, at)
                 if restart is not None:
@@ -419,6 +515,8 @@ class StreamParser:
         self._content_ws = text[len(body) :]
 
     def _push(self, event: Event) -> None:
+        if type(event) is TextDelta and not self.answered and event.text.strip():
+            self.answered = True
         last = self._events[-1] if self._events else None
         if type(last) is type(event):
             if isinstance(event, TextDelta | ReasoningDelta):
@@ -434,10 +532,10 @@ class StreamParser:
         return events
 
     # -- calls (called by CallBlock) ---------------------------------------------------------
-    def _call_start(self, block: CallBlock, name: str) -> tuple[int, str]:
+    def _call_start(self, block: CallBlock, name: str, call_id: str | None = None) -> tuple[int, str]:
         index = self._calls
         self._calls += 1
-        call_id = "call_" + uuid.uuid4().hex[:24]
+        call_id = call_id or self.family.call_id()
         if block.origin == NORMAL:
             self._content_ws = ""
         self._push(ToolCallStart(index, call_id, name))
@@ -465,7 +563,7 @@ class StreamParser:
             tokens.popleft()[3] = False
 
 
-def _tool_names(tools: list[dict]) -> list[str]:
+def tool_names(tools: list[dict]) -> list[str]:
     """Function names of chat-shaped (``{"function": {"name"}}``) or flat (``{"name"}``) tools."""
     names = []
     for tool in tools:

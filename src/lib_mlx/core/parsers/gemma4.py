@@ -13,9 +13,10 @@ JSON strings when they contain no whitespace or delimiter, a trailing comma is d
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from ._json import WS, JsonWriter, escape_text, is_json_scalar
-from .base import CallBlock, Family
+from .base import CallBlock, CallSyntax, Family
 
 QUOTE = '<|"|>'
 _CALL = "call:"
@@ -276,6 +277,16 @@ class GemmaCalls(CallBlock):
         return True
 
 
+def drop_preamble_before_tool_results(messages: list[dict[str, Any]]) -> None:
+    """Gemma 4's template prints an assistant message's ``content`` *after* its tool results and
+    then closes the turn, so a call that came with a text preamble ("Let me check.") would leave
+    the prompt without a place for the model to answer the results. The preamble was already
+    shown to the user; drop it from calls whose results follow."""
+    for msg, following in zip(messages, messages[1:]):
+        if msg["role"] == "assistant" and msg.get("tool_calls") and following["role"] == "tool":
+            msg["content"] = ""
+
+
 FAMILY = Family(
     name="gemma4",
     call_block=GemmaCalls,
@@ -283,4 +294,6 @@ FAMILY = Family(
     think_end="<channel|>",
     tool_call_start="<|tool_call>",
     tool_call_end="<tool_call|>",
+    syntax=CallSyntax(start="<|tool_call>", end="<tool_call|>", named="call:{name}", arguments="gemma4"),
+    prepare_history=drop_preamble_before_tool_results,
 )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 
 from ._json import JsonReader, JsonWriter, Malformed, compact
-from .base import CallBlock, Family
+from .base import CallBlock, CallSyntax, Family
 
 _ARGUMENT_KEYS = ("arguments", "parameters")
 
@@ -190,4 +190,5 @@ FAMILY = Family(
     think_end="</think>",
     tool_call_start="<tool_call>",
     tool_call_end="</tool_call>",
+    syntax=CallSyntax(start="<tool_call>\n", end="\n</tool_call>", named='{"name": "{name}", "arguments": '),
 )

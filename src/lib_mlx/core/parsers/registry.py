@@ -1,32 +1,27 @@
-"""Families by name (lazily imported), detection from a tokenizer, and the parser factory."""
+"""Families by name (each imported on first use), and the parser factory."""
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 from ...errors import InvalidConfigError
 from .base import Family, ParserSpec, StreamParser
+from .detect import detect_family, evidence_from_tokenizer
 
 _FAMILIES: dict[str, str | Family] = {
     "qwen3": "lib_mlx.core.parsers.qwen3:FAMILY",
     "gemma4": "lib_mlx.core.parsers.gemma4:FAMILY",
     "mlx_lm": "lib_mlx.core.parsers.generic:FAMILY",
     "plain": "lib_mlx.core.parsers.generic:PLAIN",
+    "mistral": "lib_mlx.core.parsers.mistral:FAMILY",
+    "llama3": "lib_mlx.core.parsers.llama3:FAMILY",
+    "deepseek": "lib_mlx.core.parsers.deepseek:FAMILY",
+    "kimi": "lib_mlx.core.parsers.kimi:FAMILY",
+    "granite": "lib_mlx.core.parsers.granite:FAMILY",
+    "harmony": "lib_mlx.core.parsers.harmony:FAMILY",
 }
-
-# Detection, first match wins. The tool parser decides first: a model whose calls are not
-# JSON must not get the JSON family just because it also thinks with <think>.
-_DETECT: tuple[tuple[str, Callable[[ParserSpec], bool]], ...] = (
-    ("gemma4", lambda s: s.tool_parser == "gemma4"),
-    ("qwen3", lambda s: s.tool_parser == "json_tools"),
-    ("mlx_lm", lambda s: s.tool_parser is not None),
-    ("gemma4", lambda s: s.think_start == "<|channel>thought"),
-    ("qwen3", lambda s: s.think_start == "<think>"),
-    ("mlx_lm", lambda s: s.think_start is not None),
-    ("plain", lambda s: True),
-)
 
 
 def register_family(name: str, family: str | Family) -> None:
@@ -47,32 +42,18 @@ def get_family(name: str) -> Family:
     return family
 
 
-def detect_family(spec: ParserSpec) -> str:
-    return next(name for name, test in _DETECT if test(spec))
+def parser_spec_from_tokenizer(tokenizer: Any, family: str | None = None, config: dict | None = None) -> ParserSpec:
+    """The model's ``ParserSpec``: markers read from mlx-lm's ``TokenizerWrapper``, the family
+    detected (``detect.DETECTION``) unless ``family`` names one."""
+    evidence = evidence_from_tokenizer(tokenizer, config)
+    if family:
+        get_family(family)  # an unknown name fails at load
+    return replace(evidence.spec, family=family or detect_family(evidence))
 
 
-def _tool_parser_name(tokenizer: Any) -> str | None:
-    parser = getattr(tokenizer, "tool_parser", None)
-    module = getattr(parser, "__module__", "") or ""
-    if module.startswith("mlx_lm.tool_parsers."):
-        return module.rsplit(".", 1)[1]
-    kwargs = getattr(tokenizer, "init_kwargs", None)
-    return kwargs.get("tool_parser_type") if isinstance(kwargs, dict) else None
-
-
-def parser_spec_from_tokenizer(tokenizer: Any, family: str | None = None) -> ParserSpec:
-    """Read markers from mlx-lm's ``TokenizerWrapper`` (which infers them from the vocabulary
-    and the chat template); ``family`` overrides detection."""
-    thinking = bool(getattr(tokenizer, "has_thinking", False))
-    spec = ParserSpec(
-        family="auto",
-        think_start=tokenizer.think_start if thinking else None,
-        think_end=tokenizer.think_end if thinking else None,
-        tool_call_start=getattr(tokenizer, "tool_call_start", None) or None,
-        tool_call_end=getattr(tokenizer, "tool_call_end", None) or None,
-        tool_parser=_tool_parser_name(tokenizer),
-    )
-    return replace(spec, family=family or detect_family(spec))
+def family_of(spec: ParserSpec) -> Family:
+    """The registered family a spec names (detected from its markers when ``"auto"``)."""
+    return get_family(detect_family(spec) if spec.family == "auto" else spec.family)
 
 
 def make_parser(
@@ -94,10 +75,11 @@ def make_parser(
     ``feed()``.
     ``parse_tools=False`` (``tool_choice: "none"``): tool-call markup stays answer text.
     """
-    name = detect_family(spec) if spec.family == "auto" else spec.family
-    return StreamParser(
+    family = family_of(spec)
+    factory = family.parser or StreamParser
+    return factory(
         spec,
-        get_family(name),
+        family,
         tools=tools,
         starts_in_reasoning=starts_in_reasoning,
         prefill=prefill,

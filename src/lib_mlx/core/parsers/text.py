@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ..events import Event, ReasoningDelta, TextDelta, ToolCallEnd
 from .base import ParserSpec, StreamParser
-from .registry import detect_family, get_family, make_parser
+from .registry import family_of, make_parser
 
 
 @dataclass
@@ -42,7 +42,7 @@ def split_reasoning(text: str, spec: ParserSpec) -> tuple[str, str]:
     reasoning). A block the template opened in the prompt — an end marker with no start marker
     before it — counts too, and so does an unterminated block. Tool-call text is left as it
     is."""
-    family = get_family(detect_family(spec) if spec.family == "auto" else spec.family)
+    family = family_of(spec)
     start, end = family.markers(spec)[:2]
     if not text or not start or (start not in text and end not in text):
         return text, ""
