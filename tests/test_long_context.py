@@ -238,3 +238,23 @@ def test_speculation_is_refused_for_sliding_window_models(make_model) -> None:
     loaded = load(MlxModelConfig(str(make_model("gemma4_text", hidden_size=128, num_layers=5, sliding_window=16))))
     with pytest.raises(InvalidConfigError, match="trimmed"):
         build_options(MlxModelConfig(str(loaded.model_path), prompt_lookup=True), loaded)
+
+
+def test_a_request_with_logits_processors_runs_without_speculation(qwen) -> None:
+    """A grammar mask or a penalty keeps state per accepted token: such a request decodes
+    plainly (nothing drafted) and answers as without speculation."""
+    import mlx.core as mx
+
+    ban = lambda tokens, logits: logits + mx.where(mx.arange(logits.shape[-1]) % 7 == 0, -1e9, 0.0)  # noqa: E731
+    plain_engine = engine_for(qwen)
+    try:
+        want = collect(submit(plain_engine, qwen, QUESTIONS[0], logits_processors=(ban,)))[0]
+    finally:
+        plain_engine.close()
+    engine = engine_for(qwen, prompt_lookup=True)
+    try:
+        got = collect(submit(engine, qwen, QUESTIONS[0], logits_processors=(ban,)))[0]
+        assert engine.options.speculation.stats.drafted == 0
+    finally:
+        engine.close()
+    assert got == want
