@@ -100,6 +100,7 @@ class LibMlxRuntime:
                 "server": server_body,
                 "in_flight": core.in_flight,
                 "memory": memory_info().to_dict(),
+                "kv_cache": model.get("kv_cache"),
                 "multimodal": model["multimodal"],
                 "stats": core.stats().to_dict(),
             }

@@ -19,6 +19,7 @@ import_mlx_lm()  # before anything below imports mlx-lm: keeps the host's RLIMIT
 from ..config import DEFAULT_PROMPT_CACHE_BYTES, MlxModelConfig  # noqa: E402
 from ..errors import InvalidRequestError, LibMlxError  # noqa: E402
 from .engine import Engine  # noqa: E402
+from .engine_options import EngineOptions, build_options  # noqa: E402
 from .loader import LoadedModel, load  # noqa: E402
 from .prompt import ChatPrompt, RenderedPrompt, render  # noqa: E402
 from .request import Arrival, Generation, SamplingParams  # noqa: E402
@@ -113,14 +114,36 @@ class MlxCore:
     """One loaded model and the worker that generates with it (the real ``InferenceCore``)."""
 
     def __init__(
-        self, loaded: LoadedModel, queue_limit: int = 1, *, prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES
+        self,
+        loaded: LoadedModel,
+        queue_limit: int = 1,
+        *,
+        prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES,
+        options: EngineOptions | None = None,
     ) -> None:
         self.loaded = loaded
-        self._engine = Engine(loaded, queue_limit=queue_limit, prompt_cache_bytes=prompt_cache_bytes)
+        # KV quantization, the disk prompt cache and speculation the load config asked for.
+        self.options = options if options is not None else EngineOptions()
+        self._engine = Engine(loaded, queue_limit=queue_limit, prompt_cache_bytes=prompt_cache_bytes, options=self.options)
 
     @classmethod
     def load(cls, config: MlxModelConfig, queue_limit: int = 1) -> "MlxCore":
-        return cls(load(config), queue_limit, prompt_cache_bytes=config.prompt_cache_bytes)
+        loaded = load(config)
+        return cls(loaded, queue_limit, prompt_cache_bytes=config.prompt_cache_bytes, options=build_options(config, loaded))
+
+    def kv_status(self) -> dict[str, Any]:
+        """KV-cache bytes in use: running requests' caches and the prompt cache's (in memory
+        and on disk), with what KV quantization, the disk cache and speculation do."""
+        engine = self._engine
+        options = self.options.status()
+        disk = options["disk_cache"]
+        return {
+            "live_bytes": engine.kv_live_bytes,
+            "prompt_cache_bytes": engine.prompt_cache.nbytes,
+            "prompt_cache_entries": len(engine.prompt_cache),
+            "disk_cache_bytes": disk["bytes"] if disk else 0,
+            **options,
+        }
 
     # what the model is -----------------------------------------------------------------
     @property
@@ -162,6 +185,8 @@ class MlxCore:
             # Vision/audio towers: which are resident and the bytes they take (null for a
             # text-only model).
             "multimodal": loaded.vlm.status() if loaded.vlm is not None else None,
+            # KV-cache bytes: running requests and the prompt cache (memory, disk) apart.
+            "kv_cache": self.kv_status(),
         }
 
     # the queue -------------------------------------------------------------------------
