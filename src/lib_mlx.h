@@ -98,6 +98,15 @@ extern "C" {
  *    "revision": null,                     optional string (hub branch, tag or commit)
  *    "thinking_enabled": true,             optional, default true
  *    "lazy_encoders": true,                optional, default true
+ *    "kv_bits": null,                      optional 4 or 8: quantized KV caches
+ *    "kv_group_size": 64,                  optional 32, 64 or 128
+ *    "quantized_kv_start": 0,              optional: tokens held before a cache is quantized
+ *    "prompt_cache_dir": null,             optional directory: a prompt cache on disk that
+ *    "prompt_cache_disk_bytes": 8589934592,  survives restarts, bounded (LRU)
+ *    "draft_model_path": null,             optional: speculative decoding with a draft model
+ *    "num_draft_tokens": 4,                optional, 1-32
+ *    "prompt_lookup": false,               optional: speculative decoding with n-gram drafts
+ *    "prompt_lookup_ngram": 3,             optional, 1-8
  *    "family": null,                       optional: "qwen3", "gemma4", "llama3", "mistral",
  *                                          "harmony", "deepseek", "granite", "kimi", "mlx_lm",
  *                                          "plain"; null detects it (an unknown name fails the load)
@@ -179,7 +188,12 @@ char *lib_mlx_stop_server(int64_t handle);
  *    "server": {"status": "running", ...server fields as in start_server...}
  *              or {"status": "stopped"},
  *    "in_flight": 0,                       requests generating or queued
- *    "memory": {"active_bytes": 0, "peak_bytes": 0, "cache_bytes": 0}}
+ *    "memory": {"active_bytes": 0, "peak_bytes": 0, "cache_bytes": 0},
+ *    "kv_cache": {"live_bytes": 0,        KV caches of running requests
+ *                 "prompt_cache_bytes": 0, "prompt_cache_entries": 0,
+ *                 "disk_cache_bytes": 0,  the disk prompt cache's directory
+ *                 "kv_quantization": {...}, "disk_cache": {...} or null,
+ *                 "speculative": {...} or null}}
  * errors: unknown_handle, internal_error
  */
 char *lib_mlx_server_status(int64_t handle);

@@ -47,6 +47,9 @@ class ScriptedCore:
         words = " ".join(str(m.get("content")) for m in prompt.messages).split()
         return RenderedPrompt(tokens=list(range(len(words))), text=" ".join(words), thinking=bool(prompt.thinking))
 
+    def check(self, prompt: RenderedPrompt, params: SamplingParams) -> None:
+        pass  # no grammar engine here: nothing to refuse
+
     def count_tokens(self, prompt: RenderedPrompt) -> int:
         return len(prompt.tokens)
 

@@ -286,13 +286,14 @@ SERVER_FIELDS = {
 }
 
 
-def test_every_config_field_is_settable_through_the_json_abi(make_model) -> None:
+def test_every_config_field_is_settable_through_the_json_abi(make_model, tmp_path) -> None:
     import dataclasses
 
     from lib_mlx import abi
     from lib_mlx.config import MlxModelConfig as ModelConfig, MlxServerConfig as ServerConfig
 
-    model_dir = str(make_model("qwen3", max_position_embeddings=CONTEXT))
+    # head_dim 32: KV quantization needs groups of at least 32 along the head dimension.
+    model_dir = str(make_model("qwen3", max_position_embeddings=CONTEXT, head_dim=32))
     model_fields = {
         "model_path": model_dir,
         "model_id": "org/tiny",
@@ -304,6 +305,15 @@ def test_every_config_field_is_settable_through_the_json_abi(make_model) -> None
         "distributed_backend": "ring",
         "distributed_timeout_s": 12.5,
         "family": "qwen3",
+        "kv_bits": 8,
+        "kv_group_size": 32,
+        "quantized_kv_start": 16,
+        "prompt_cache_dir": str(tmp_path / "kv"),
+        "prompt_cache_disk_bytes": 1 << 24,
+        "draft_model_path": model_dir,  # the model drafting for itself
+        "num_draft_tokens": 3,
+        "prompt_lookup": False,  # one kind of speculation at a time (the draft model here)
+        "prompt_lookup_ngram": 2,
         "wait": True,  # False returns while it loads (tests/test_lifecycle_background.py)
         "memory_budget_bytes": 1 << 40,
         "max_request_kv_bytes": 1 << 30,

@@ -556,16 +556,21 @@ def test_a_malformed_tool_call_comes_back_as_content(lab, family) -> None:
 
 # --- issue 17.4: forced openings and functions never offered ------------------------------------
 def test_forced_tool_choice_that_the_model_ignores(lab) -> None:
+    # A forced call is enforced while decoding (core.tool_grammar): a model that would refuse
+    # ("Rather not.", "I refuse.") cannot -- it writes a call to one of the tools, or runs out
+    # of budget inside one; its refusal never becomes the answer.
     s = lab("qwen3", "refuses")
-    required = create(s, tools=TOOLS, tool_choice="required")
-    message = required.choices[0].message
-    assert (message.content, message.tool_calls) == ("Rather not.", None)
-    named = create(s, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}})
-    message = named.choices[0].message
-    assert message.content == "I refuse."  # never '<tool_call>\n{"name": "get_weather", ...'
-    streamed = stream(s, tools=TOOLS, tool_choice="required")
-    assert streamed.content == "Rather not." and not streamed.calls
-    streamed.assert_clean("qwen3")
+    names = {t["function"]["name"] for t in TOOLS}
+    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        reply = create(s, tools=TOOLS, tool_choice=choice, max_tokens=96)
+        message, finish = reply.choices[0].message, reply.choices[0].finish_reason
+        assert finish in ("tool_calls", "length")
+        assert not (message.content or "").startswith(("Rather", "I refuse"))
+        if finish == "tool_calls":
+            assert message.tool_calls and {c.function.name for c in message.tool_calls} <= names
+            assert not message.content
+    streamed = stream(s, tools=TOOLS, tool_choice="required", max_tokens=96)
+    assert not streamed.content.startswith("Rather")
 
 
 def test_a_call_to_a_function_not_offered_is_not_a_tool_call(lab, family) -> None:

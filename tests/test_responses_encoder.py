@@ -424,7 +424,8 @@ def test_chat_prompt_tools_choice_and_thinking():
     )
     prompt = to_chat_prompt(req, req.input_items())
     assert prompt.messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
-    assert prompt.tools == [{"type": "function", "function": {"name": "f", "description": "does f", "parameters": {"type": "object"}}}]
+    # strict travels with the tool: its arguments are enforced while decoding
+    assert prompt.tools == [{"type": "function", "function": {"name": "f", "description": "does f", "parameters": {"type": "object"}, "strict": True}}]
     assert prompt.tool_choice == {"type": "function", "function": {"name": "f"}}
     assert prompt.thinking is False and prompt.parallel_tool_calls is False
     assert parse_request({"input": "x", "reasoning": {"effort": "high"}}).thinking_flag() is True

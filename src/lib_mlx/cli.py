@@ -97,6 +97,12 @@ def _model_config(args: argparse.Namespace) -> MlxModelConfig:
         "distributed": args.distributed,
         "distributed_backend": args.distributed_backend,
         "distributed_timeout_s": args.distributed_timeout,
+        "kv_bits": args.kv_bits,
+        "quantized_kv_start": args.quantized_kv_start,
+        "prompt_cache_dir": args.prompt_cache_dir,
+        "draft_model_path": args.draft_model,
+        "num_draft_tokens": args.num_draft_tokens,
+        "prompt_lookup": args.prompt_lookup,
     }
     if local.exists() or args.model.count("/") != 1 or args.model.startswith((".", "/", "~")):
         fields.update(model_path=args.model, model_id=args.model_id)
@@ -282,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-auth", action="store_true", help="accept requests without a token")
     serve.add_argument("--no-thinking", action="store_true", help="thinking off unless a request turns it on")
     serve.add_argument("--no-page", action="store_true", help="do not serve the chat page at /")
+    serve.add_argument("--kv-bits", type=int, choices=(4, 8), default=None, help="quantize KV caches to 4 or 8 bits")
+    serve.add_argument("--quantized-kv-start", type=int, default=0, help="tokens a cache holds before it is quantized")
+    serve.add_argument("--prompt-cache-dir", default=None, help="keep the prompt cache on disk here (survives restarts)")
+    serve.add_argument("--draft-model", default=None, help="speculative decoding with this draft model directory")
+    serve.add_argument("--num-draft-tokens", type=int, default=4)
+    serve.add_argument("--prompt-lookup", action="store_true", help="speculative decoding with n-gram drafts from the prompt")
     serve.add_argument(
         "--distributed",
         nargs="?",

@@ -61,6 +61,22 @@ class MlxModelConfig:
     revision: str | None = None
     thinking_enabled: bool = True
     lazy_encoders: bool = True
+    # KV-cache quantization (``core.kv_quant``): 4 or 8 bits in groups along the head dimension,
+    # from the ``quantized_kv_start``-th token a cache holds; sliding-window layers stay full
+    # precision. None keeps full-precision caches.
+    kv_bits: Literal[4, 8] | None = None
+    kv_group_size: Literal[32, 64, 128] = 64
+    quantized_kv_start: int = Field(default=0, ge=0)
+    # A prompt cache on disk that survives restarts (``core.disk_cache``): off unless a
+    # directory is given; least recently used entries go past ``prompt_cache_disk_bytes``.
+    prompt_cache_dir: str | None = None
+    prompt_cache_disk_bytes: int = Field(default=8 << 30, ge=0)
+    # Speculative decoding for single streams (``core.speculative``): a draft model sharing
+    # the vocabulary, or prompt lookup (n-gram drafts from the prompt and output, no model).
+    draft_model_path: str | None = None
+    num_draft_tokens: int = Field(default=4, ge=1, le=32)
+    prompt_lookup: bool = False
+    prompt_lookup_ngram: int = Field(default=3, ge=1, le=8)
     # The KV caches of earlier prompts kept for reuse, in bytes (0 turns reuse off). The
     # environment variable LIB_MLX_PROMPT_CACHE_BYTES overrides it (``with_env_overrides``).
     prompt_cache_bytes: int = Field(default=DEFAULT_PROMPT_CACHE_BYTES, ge=0)

@@ -129,6 +129,7 @@ class LibMlxRuntime:
                 "server": server_body,
                 "in_flight": slot.in_flight,
                 "memory": memory_info().to_dict(),
+                "kv_cache": model.get("kv_cache"),
                 # Vision/audio towers: which are resident and the bytes they take (null for a
                 # text-only model, or one not loaded now).
                 "multimodal": model["multimodal"],

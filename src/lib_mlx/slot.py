@@ -297,11 +297,10 @@ class ModelSlot:
         ``progress`` and ``loads`` added."""
         with self._cond:
             core, facts, state, error, progress = self._core, self._facts, self._status, self._error, self._progress
-        multimodal = None
+        body: dict[str, Any] = {"multimodal": None}
         if core is not None:
-            body = core.status()
+            body = dict(core.status())  # its other parts too (e.g. "kv_cache")
             model = dict(body["model"])
-            multimodal = body.get("multimodal")
         else:
             model = {
                 "status": state,
@@ -321,7 +320,7 @@ class ModelSlot:
         if progress is not None:
             model["progress"] = progress.snapshot()
         model["loads"] = self.loads
-        return {"model": model, "multimodal": multimodal}
+        return {**body, "model": model}
 
     def describe(self) -> dict[str, Any]:
         """``server_status``'s ``model`` object."""

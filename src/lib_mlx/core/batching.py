@@ -29,9 +29,10 @@ from typing import Any
 from .context import RunContext
 from .decode import RequestStream
 from .failures import generation_failure, recover_after_failure
-from .prompt_cache import CacheHit, layouts_compile, round_batch_buffers, whole_step_prefix
+from .kv_quant import quantize_layer
+from .prompt_cache import CacheHit, cache_length, layouts_compile, round_batch_buffers, whole_step_prefix
 from .request import Job
-from .sampling import max_new_tokens, request_processors
+from .sampling import max_new_tokens
 from .single import Handoff
 
 log = logging.getLogger("lib_mlx.engine")
@@ -69,6 +70,12 @@ class BatchRunner:
         # ``prompt_cache.reserve``), at the price of re-running part of a step of tokens.
         self.layouts_compile = layouts_compile()
         self.whole_steps = self.layouts_compile and ctx.always_trimmable
+        # KV quantization (``kv_quant``): the batch's layers share buffers, so the whole batch
+        # turns quantized once its longest row holds ``kv.start`` tokens (from the start when
+        # that is 0), and every cache that joins it afterwards is quantized on the way in.
+        self.kv = ctx.kv
+        self.kv_on = self.kv is not None and self.kv.start == 0
+        self.steps = 0
 
     def run(self, first: Job | Handoff) -> list[Job | None]:
         """Serve ``first`` and everything batchable that arrives meanwhile. Returns the queued
@@ -91,6 +98,7 @@ class BatchRunner:
                 prompt_responses, responses = self.generator.next()
                 self.ctx.stats.step(t_step, prompts=len(prompt_responses), tokens=len(responses), decoding=len(self.active))
                 self._round_buffers()
+                self._watch_kv()
                 for r in prompt_responses:
                     if r.end_of_segment and not r.end_of_prompt:
                         self._checkpoint(r.uid)
@@ -106,6 +114,7 @@ class BatchRunner:
         finally:
             self.generator.close()
             self.generator = None
+            self.ctx.kv_live_bytes = 0
         return self.leftovers
 
     def _new_generator(self) -> Any:
@@ -119,6 +128,49 @@ class BatchRunner:
             prefill_batch_size=min(self.limit, MAX_PREFILL_BATCH),
             prefill_step_size=PREFILL_STEP,
         )
+
+    def _batches(self) -> list[Any]:
+        gen = self.generator
+        return [b for b in (getattr(gen, "_generation_batch", None), getattr(gen, "_prompt_batch", None)) if b is not None]
+
+    def _watch_kv(self) -> None:
+        """Quantize the batch when its longest row reaches ``kv.start``; keep the live KV
+        bytes for status (every 16 steps: a sum over the layers)."""
+        self.steps += 1
+        if self.kv is not None and not self.kv_on:
+            longest = max((cache_length(seq[3]) or 0 for seq in self.generator._unprocessed_sequences), default=0)
+            for batch in self._batches():
+                for layer in batch.prompt_cache or ():
+                    offset = getattr(layer, "offset", None)
+                    if offset is not None and not isinstance(offset, int) and offset.size:
+                        longest = max(longest, int(offset.max().item()))
+                    break
+            if longest >= self.kv.start:
+                self._quantize_all()
+        if self.steps % 16 == 1:
+            self.ctx.kv_live_bytes = self.generator.prompt_cache_nbytes
+
+    def _quantize_all(self) -> None:
+        self.kv_on = True
+        for batch in self._batches():
+            if batch.prompt_cache:
+                batch.prompt_cache[:] = [quantize_layer(layer, self.kv) for layer in batch.prompt_cache]
+        for seq in self.generator._unprocessed_sequences:
+            seq[3][:] = [quantize_layer(layer, self.kv) for layer in seq[3]]
+        log.debug("the batch's KV caches are quantized from here on")
+
+    def _joining(self, cache: list[Any]) -> list[Any]:
+        """A cache about to join the batch, in the batch's KV form (see ``kv_on``); one that
+        comes quantized or past ``kv.start`` turns the batch quantized."""
+        if self.kv is None:
+            return cache
+        if not self.kv_on:
+            quantized = any(hasattr(layer, "bits") for layer in cache)
+            if quantized or (cache_length(cache) or 0) >= self.kv.start:
+                self._quantize_all()
+        if self.kv_on:
+            cache[:] = [quantize_layer(layer, self.kv) for layer in cache]
+        return cache
 
     def _round_buffers(self) -> None:
         gen = self.generator
@@ -166,10 +218,10 @@ class BatchRunner:
             (uid,) = self.generator.insert_segments(
                 [segments],
                 max_tokens=[max_new_tokens(loaded, len(tokens), params.max_tokens)],
-                caches=[hit.cache if hit is not None else None],
+                caches=[self._joining(hit.cache if hit is not None else self.ctx.new_cache())],
                 all_tokens=[tokens[:reused]],
                 samplers=[ctx.sampler(params)],
-                logits_processors=[request_processors(params)],
+                logits_processors=[stream.processors],
             )
         except BaseException as exc:  # noqa: BLE001 - this request fails, the batch goes on
             log.exception("could not start a batched generation")
@@ -188,10 +240,10 @@ class BatchRunner:
             (uid,) = self.generator.insert_segments(
                 [[refeed + [handoff.last]]],
                 max_tokens=[handoff.remaining],
-                caches=[handoff.cache],
+                caches=[self._joining(handoff.cache)],
                 all_tokens=[held],
                 samplers=[handoff.sampler],
-                logits_processors=[request_processors(job.params)],
+                logits_processors=[handoff.stream.processors],
             )
         except BaseException as exc:  # noqa: BLE001 - this request fails, the batch goes on
             log.exception("could not move a generation into a batch")
@@ -223,7 +275,7 @@ class BatchRunner:
             if seq is None:
                 continue
             try:
-                reason = seq.stream.add(r.token)
+                reason = seq.stream.add(r.token, r.logprobs)
             except Exception as exc:  # noqa: BLE001 - this request fails, the batch goes on
                 self._fail(r.uid, exc, in_batch=r.finish_reason is None)
                 continue

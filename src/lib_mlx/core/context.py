@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import LibMlxError
 from .decode import RequestStream
+from .engine_options import EngineOptions
 from .events import Done, Failed, Usage
 from .failures import generation_failure
 from .loader import LoadedModel
@@ -36,8 +37,14 @@ class RunContext:
         prompt_cache: PromptCache,
         stats: StatsRecorder,
         free_slot: Callable[[Job], None],
+        options: EngineOptions | None = None,
     ) -> None:
         self.loaded = loaded
+        # KV quantization, the disk prompt cache, speculation (``engine_options``).
+        self.options = options if options is not None else EngineOptions()
+        self.kv = self.options.kv
+        # Bytes of the running requests' KV caches (set by the runs, read by status).
+        self.kv_live_bytes = 0
         self.prompt_cache = prompt_cache
         self.stats = stats
         self.free_slot = free_slot  # frees the request's queue slot (idempotent)
@@ -47,10 +54,11 @@ class RunContext:
     # the model's caches ----------------------------------------------------------------
     def new_cache(self) -> list[Any]:
         """An empty KV cache for one request run alone (one entry per layer, of the kinds the
-        model asks for). The batch builds its own from these kinds (``batching``)."""
-        from mlx_lm.models.cache import make_prompt_cache
+        model asks for, quantized where the load config says so: ``kv_quant``). The batch builds
+        its own from these kinds (``batching``)."""
+        from .kv_quant import make_cache
 
-        return make_prompt_cache(self.loaded.model)
+        return make_cache(self.loaded.model, self.kv)
 
     @functools.cached_property
     def model_caches(self) -> list[Any]:

@@ -12,7 +12,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .events import Done, Event, Timings, ToolCallEnd, Usage
+from .logprobs import LogprobCapture, token_text_fn
 from .parsers import make_parser
+from .processors import marker_ids
+from .sampling import request_processors
 from .stops import StopMatcher
 
 if TYPE_CHECKING:
@@ -55,10 +58,19 @@ class RequestStream:
         self.finish_reason: str | None = None
         self.t_start = time.perf_counter()
         self.t_first = self.t_start
+        # Penalties, bias, thinking budget and grammar (``core.processors``); the engine hands
+        # them to generate_step or the batch.
+        self.processors = request_processors(loaded, prompt, params)
+        self.logprobs: LogprobCapture | None = None
+        if getattr(params, "logprobs", None) is not None:
+            self.logprobs = LogprobCapture(params.logprobs, token_text_fn(loaded.tokenizer))
+            spec = loaded.parser_spec
+            self._markers = set(marker_ids(loaded.tokenizer, spec.think_start) + marker_ids(loaded.tokenizer, spec.think_end))
 
-    def add(self, token: int) -> str | None:
-        """Take one sampled token; deliver its events. Returns the finish reason when this
-        token ends the request (the token itself is then not part of the answer)."""
+    def add(self, token: int, logprobs: Any = None) -> str | None:
+        """Take one sampled token (and the log-probabilities it was sampled from); deliver its
+        events. Returns the finish reason when this token ends the request (the token itself
+        is then not part of the answer)."""
         if self.n_generated == 0:
             self.t_first = time.perf_counter()
         gen = self.generation
@@ -71,6 +83,8 @@ class RequestStream:
         detokenizer.add_token(token)
         parser = self.parser
         events = parser.feed(detokenizer.last_segment)
+        if self.logprobs is not None and logprobs is not None and self._answer_token(token):
+            events.insert(0, self.logprobs(token, logprobs))
         events, stopped = self.stops.apply(events)
         if events:
             for event in events:
@@ -80,6 +94,14 @@ class RequestStream:
         if self.max_tool_calls is not None and self.tool_calls >= self.max_tool_calls:
             return "stop"  # parallel_tool_calls false: the first call ends the answer
         return "stop" if stopped else None
+
+    def _answer_token(self, token: int) -> bool:
+        """Whether a token belongs to the answer's text (not reasoning, a marker or a call)."""
+        parser = self.parser
+        if parser.in_reasoning or token in self._markers:
+            return False
+        state = getattr(parser, "_st", None)
+        return not (state and state[0] != "normal")
 
     def finish(self, reason: str) -> None:
         """Flush held-back text and deliver ``Done``. The request's queue slot is released

@@ -34,6 +34,7 @@ from ..errors import CancelledError, LibMlxError, QueueFullError
 from . import single
 from .batching import BatchRunner
 from .context import RunContext
+from .engine_options import EngineOptions
 from .loader import LoadedModel
 from .mlx_thread import MlxThread
 from .prompt import RenderedPrompt
@@ -68,10 +69,13 @@ class Engine:
         *,
         prompt_cache_bytes: int = DEFAULT_MAX_BYTES,
         prompt_cache_entries: int = DEFAULT_MAX_ENTRIES,
+        options: EngineOptions | None = None,
     ) -> None:
         self.loaded = loaded
         self.queue_limit = queue_limit
-        self.prompt_cache = PromptCache(prompt_cache_bytes, prompt_cache_entries)
+        # KV quantization, the disk prompt cache, speculation (``engine_options``).
+        self.options = options if options is not None else EngineOptions()
+        self.prompt_cache = PromptCache(prompt_cache_bytes, prompt_cache_entries, disk=self.options.disk)
         self._stats = StatsRecorder()
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
@@ -79,7 +83,7 @@ class Engine:
         self._announced = 0  # open ``Arrival``s
         self._active: set[Generation] = set()
         self._closed = False
-        self._ctx = RunContext(loaded, self.prompt_cache, self._stats, self._free_slot)
+        self._ctx = RunContext(loaded, self.prompt_cache, self._stats, self._free_slot, self.options)
         self._current: Job | None = None  # the request the worker runs now (distributed only)
         if loaded.distributed is not None:
             self._ctx.lockstep = _lockstep(loaded, self.prompt_cache, self._stalled)
@@ -100,6 +104,11 @@ class Engine:
         """Requests running plus waiting."""
         with self._lock:
             return len(self._active)
+
+    @property
+    def kv_live_bytes(self) -> int:
+        """Bytes of the running requests' KV caches (updated by the worker every few steps)."""
+        return self._ctx.kv_live_bytes
 
     @property
     def announced(self) -> int:
@@ -187,6 +196,7 @@ class Engine:
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
             _wait_for_os_thread(self._thread.native_id)
+        self.options.close()
 
     # worker ----------------------------------------------------------------------------
     def _run(self) -> None:

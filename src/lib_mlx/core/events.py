@@ -90,4 +90,18 @@ class Failed:
     error: Exception
 
 
-Event = TextDelta | ReasoningDelta | ToolCallStart | ToolCallArgumentsDelta | ToolCallEnd | Done | Failed
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One answer token's log-probability (``logprobs`` requests only; reasoning and tool-call
+    tokens have none). ``top``: the most likely alternatives as ``(token, logprob, bytes)``,
+    most likely first. Comes before the text deltas of the same token."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+    top: tuple[tuple[str, float, tuple[int, ...]], ...] = ()
+
+
+Event = TextDelta | ReasoningDelta | ToolCallStart | ToolCallArgumentsDelta | ToolCallEnd | TokenLogprob | Done | Failed

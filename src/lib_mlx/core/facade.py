@@ -19,6 +19,7 @@ import_mlx_lm()  # before anything below imports mlx-lm: keeps the host's RLIMIT
 from ..config import DEFAULT_PROMPT_CACHE_BYTES, MlxModelConfig  # noqa: E402
 from ..errors import InvalidRequestError, LibMlxError  # noqa: E402
 from .engine import Engine  # noqa: E402
+from .engine_options import EngineOptions, build_options  # noqa: E402
 from .loader import LoadedModel, load  # noqa: E402
 from .memory_guard import check_request_fits  # noqa: E402
 from .progress import LoadProgress  # noqa: E402
@@ -66,6 +67,13 @@ class InferenceCore(Protocol):
         """Messages -> tokens through the model's chat template (thread-safe; may be slow)."""
         ...
 
+    def check(self, prompt: RenderedPrompt, params: SamplingParams) -> None:
+        """Refuse (``InvalidRequestError`` naming the field) what the request's logits
+        processors cannot apply -- a schema the grammar engine cannot enforce, a ``logit_bias``
+        id outside the vocabulary -- before it is queued. Compiles its grammar (cached); the
+        first grammar of a large vocabulary takes a while: call it off the event loop."""
+        ...
+
     def count_tokens(self, prompt: RenderedPrompt) -> int:
         """The prompt's length as the model reads it (media expanded to their soft tokens)."""
         ...
@@ -110,10 +118,17 @@ class MlxCore:
     """One loaded model and the worker that generates with it (the real ``InferenceCore``)."""
 
     def __init__(
-        self, loaded: LoadedModel, queue_limit: int = 1, *, prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES
+        self,
+        loaded: LoadedModel,
+        queue_limit: int = 1,
+        *,
+        prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES,
+        options: EngineOptions | None = None,
     ) -> None:
         self.loaded = loaded
-        self._engine = Engine(loaded, queue_limit=queue_limit, prompt_cache_bytes=prompt_cache_bytes)
+        # KV quantization, the disk prompt cache and speculation the load config asked for.
+        self.options = options if options is not None else EngineOptions()
+        self._engine = Engine(loaded, queue_limit=queue_limit, prompt_cache_bytes=prompt_cache_bytes, options=self.options)
 
     @classmethod
     def load(cls, config: MlxModelConfig, queue_limit: int = 1, progress: LoadProgress | None = None) -> "MlxCore":
@@ -122,7 +137,21 @@ class MlxCore:
         progress = progress or LoadProgress()
         loaded = load(config, progress)
         progress.enter("warmup")
-        return cls(loaded, queue_limit, prompt_cache_bytes=config.prompt_cache_bytes)
+        return cls(loaded, queue_limit, prompt_cache_bytes=config.prompt_cache_bytes, options=build_options(config, loaded))
+
+    def kv_status(self) -> dict[str, Any]:
+        """KV-cache bytes in use: running requests' caches and the prompt cache's (in memory
+        and on disk), with what KV quantization, the disk cache and speculation do."""
+        engine = self._engine
+        options = self.options.status()
+        disk = options["disk_cache"]
+        return {
+            "live_bytes": engine.kv_live_bytes,
+            "prompt_cache_bytes": engine.prompt_cache.nbytes,
+            "prompt_cache_entries": len(engine.prompt_cache),
+            "disk_cache_bytes": disk["bytes"] if disk else 0,
+            **options,
+        }
 
     # what the model is -----------------------------------------------------------------
     @property
@@ -164,6 +193,8 @@ class MlxCore:
             # Vision/audio towers: which are resident and the bytes they take (null for a
             # text-only model).
             "multimodal": loaded.vlm.status() if loaded.vlm is not None else None,
+            # KV-cache bytes: running requests and the prompt cache (memory, disk) apart.
+            "kv_cache": self.kv_status(),
         }
 
     # the queue -------------------------------------------------------------------------
@@ -220,6 +251,11 @@ class MlxCore:
         if not prompt.media or self.loaded.vlm is None:
             return len(prompt.tokens)
         return self.loaded.vlm.count_tokens(prompt.text, prompt.media)
+
+    def check(self, prompt: RenderedPrompt, params: SamplingParams) -> None:
+        from .processors import check_request
+
+        check_request(self.loaded, prompt, params)
 
     def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         return list(self.loaded.tokenizer.encode(text, add_special_tokens=add_special_tokens))

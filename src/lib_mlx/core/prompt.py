@@ -24,6 +24,7 @@ class ChatPrompt:
     thinking: bool | None = None
     parallel_tool_calls: bool = True
     template_kwargs: dict[str, Any] = field(default_factory=dict)
+    max_tool_calls: int | None = None  # the answer ends at this many calls
     # The request's reasoning effort ("low", "medium", "high"...), for templates that read one.
     reasoning_effort: str | None = None
 
@@ -42,6 +43,9 @@ class RenderedPrompt:
     # generation ends after the first call.
     parse_tools: bool = True
     max_tool_calls: int | None = None
+    # The request's tool_choice ("required" or a named function forces a call; see
+    # ``core.tool_grammar``).
+    tool_choice: Any = None
     # Decoded images/audio (``core.vlm.MediaInputs``) in the order the text's placeholders
     # appear; the engine encodes them (``core.vlm.prompt_inputs``).
     media: Any = None
@@ -202,6 +206,7 @@ def render(loaded: LoadedModel, prompt: ChatPrompt) -> RenderedPrompt:
         assistant_prefix=prefix,
         tools=tools,
         parse_tools=prompt.tool_choice != "none",
-        max_tool_calls=None if prompt.parallel_tool_calls else 1,
+        max_tool_calls=1 if not prompt.parallel_tool_calls else prompt.max_tool_calls,
+        tool_choice=prompt.tool_choice,
         media=media or None,
     )

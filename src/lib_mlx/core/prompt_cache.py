@@ -67,13 +67,14 @@ def reserve(cache: list[Any], room: int) -> None:
     Growing here to a multiple of ``step`` keeps the lengths to the few that fresh caches use;
     it copies what mlx-lm's own growth would have copied, and nothing when the buffer fits."""
     import mlx.core as mx
-    from mlx_lm.models.cache import KVCache
+    from mlx_lm.models.cache import KVCache, QuantizedKVCache
 
     for layer in cache:
-        if type(layer) is not KVCache or layer.keys is None:
+        quantized = isinstance(layer, QuantizedKVCache)  # keys, values: (packed, scales, biases)
+        if (type(layer) is not KVCache and not quantized) or layer.keys is None:
             continue
         held, need = layer.offset, layer.offset + room
-        if layer.keys.shape[2] >= need:
+        if (layer.keys[0] if quantized else layer.keys).shape[2] >= need:
             continue
         size = -(-need // layer.step) * layer.step
 
@@ -82,7 +83,10 @@ def reserve(cache: list[Any], room: int) -> None:
             new[..., :held, :] = old[..., :held, :]
             return new
 
-        layer.keys, layer.values = grown(layer.keys), grown(layer.values)
+        if quantized:
+            layer.keys, layer.values = tuple(map(grown, layer.keys)), tuple(map(grown, layer.values))
+        else:
+            layer.keys, layer.values = grown(layer.keys), grown(layer.values)
 
 
 def layouts_compile() -> bool:
@@ -118,14 +122,21 @@ def round_batch_buffers(layers: Sequence[Any]) -> None:
     import mlx.core as mx
     from mlx_lm.models.cache import BatchKVCache
 
+    from .kv_quant import BatchQuantizedKVCache
+
     for layer in layers:
-        if type(layer) is not BatchKVCache or layer.keys is None:
+        quantized = type(layer) is BatchQuantizedKVCache  # keys, values: (packed, scales, biases)
+        if (type(layer) is not BatchKVCache and not quantized) or layer.keys is None:
             continue
-        size = layer.keys.shape[2]
+        size = (layer.keys[0] if quantized else layer.keys).shape[2]
         extra = -size % layer.step
         if extra:
             pad = [(0, 0), (0, 0), (0, extra), (0, 0)]
-            layer.keys, layer.values = mx.pad(layer.keys, pad), mx.pad(layer.values, pad)
+            if quantized:
+                layer.keys = tuple(mx.pad(x, pad) for x in layer.keys)
+                layer.values = tuple(mx.pad(x, pad) for x in layer.values)
+            else:
+                layer.keys, layer.values = mx.pad(layer.keys, pad), mx.pad(layer.values, pad)
 
 
 def is_trimmable(cache: list[Any]) -> bool:
@@ -138,7 +149,7 @@ def needs_checkpoints(cache: list[Any]) -> bool:
     can always be trimmed; sliding-window and recurrent caches cannot once they wrap."""
     from mlx_lm.models.cache import KVCache, QuantizedKVCache
 
-    return not all(type(layer) in (KVCache, QuantizedKVCache) for layer in cache)
+    return not all(type(layer) is KVCache or isinstance(layer, QuantizedKVCache) for layer in cache)
 
 
 def _compute(cache: list[Any]) -> None:
@@ -187,9 +198,14 @@ class CacheStats:
 class PromptCache:
     """An LRU of (tokens, model cache) entries bounded by count and bytes."""
 
-    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+    def __init__(
+        self, max_bytes: int = DEFAULT_MAX_BYTES, max_entries: int = DEFAULT_MAX_ENTRIES, *, disk: Any = None
+    ) -> None:
         self.max_bytes = max_bytes
         self.max_entries = max_entries
+        # A ``disk_cache.DiskPromptCache``: entries stored here are also written there (once
+        # each, off this thread), and a prompt it holds a longer prefix of is loaded from it.
+        self.disk = disk
         self._entries: OrderedDict[int, _Entry] = OrderedDict()
         self._keys = iter(range(1 << 62))
         self._nbytes = 0
@@ -215,17 +231,14 @@ class PromptCache:
     def fetch(self, tokens: Sequence[int]) -> CacheHit | None:
         """The entry sharing the longest usable prefix with ``tokens``, as a snapshot trimmed
         to that prefix; None when nothing can be reused."""
-        if not self._entries or len(tokens) < 2:
+        if len(tokens) < 2:
             self.stats.misses += 1
             return None
         query = np.asarray(tokens, dtype=np.int64)
         limit = len(tokens) - 1  # leave one token to process
-        best_key, best_len = None, 0
-        for key, entry in self._entries.items():
-            common = min(_common_prefix(entry.tokens, query), limit)
-            usable = common if (common == len(entry.tokens) or entry.trimmable) else 0
-            if usable > best_len or (usable == best_len and usable and best_key is not None):
-                best_key, best_len = key, usable  # ties: the most recently used wins
+        best_key, best_len = self._best(query, limit)
+        if self.disk is not None and self._from_disk(query, limit, best_len):
+            best_key, best_len = self._best(query, limit)
         if best_key is None or best_len == 0:
             self.stats.misses += 1
             return None
@@ -241,18 +254,40 @@ class PromptCache:
         self.stats.reused_tokens += best_len
         return CacheHit(cache, best_len)
 
+    def _best(self, query: np.ndarray, limit: int) -> tuple[int | None, int]:
+        best_key, best_len = None, 0
+        for key, entry in self._entries.items():
+            common = min(_common_prefix(entry.tokens, query), limit)
+            usable = common if (common == len(entry.tokens) or entry.trimmable) else 0
+            if usable > best_len or (usable == best_len and usable and best_key is not None):
+                best_key, best_len = key, usable  # ties: the most recently used wins
+        return best_key, best_len
+
+    def _from_disk(self, query: np.ndarray, limit: int, in_memory: int) -> bool:
+        """Load the disk entry sharing a longer prefix than memory has into memory (a restart,
+        or an entry evicted from memory). Returns whether one was loaded."""
+        found = self.disk.lookup(query, limit)
+        if found is None or found[1] <= in_memory:
+            return False
+        loaded = self.disk.load(found[0])
+        if loaded is None:
+            return False
+        tokens, cache = loaded
+        return self.insert(tokens, cache, persist=False)
+
     # storage ----------------------------------------------------------------------------
-    def insert(self, tokens: Sequence[int], cache: list[Any], *, snapshot: bool = False) -> None:
-        """Keep ``cache`` as holding exactly ``tokens``. ``snapshot=True`` stores a copy (for
-        a cache that the caller goes on mutating: the prompt-end checkpoint)."""
+    def insert(self, tokens: Sequence[int], cache: list[Any], *, snapshot: bool = False, persist: bool = True) -> bool:
+        """Keep ``cache`` as holding exactly ``tokens`` (and queue it for the disk store, unless
+        ``persist`` is false). ``snapshot=True`` stores a copy (for a cache that the caller goes
+        on mutating: the prompt-end checkpoint). Returns whether it was stored."""
         if not self.enabled or not tokens or not cache:
-            return
+            return False
         held = cache_length(cache)
         if held is not None and held != len(tokens):
-            return  # the cache does not hold what we think it does: never store a lie
+            return False  # the cache does not hold what we think it does: never store a lie
         nbytes = cache_nbytes(cache)
         if nbytes > self.max_bytes:
-            return
+            return False
         if snapshot:
             cache = copy.deepcopy(cache)
         _compute(cache)
@@ -270,6 +305,9 @@ class PromptCache:
             self._drop(next(iter(self._entries)))
         self.stats.entries = len(self._entries)
         self.stats.nbytes = self._nbytes
+        if persist and self.disk is not None:
+            self.disk.put(list(tokens), cache, trimmable=entry.trimmable)
+        return True
 
     def _drop(self, key: int) -> None:
         entry = self._entries.pop(key)

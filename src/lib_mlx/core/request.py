@@ -35,6 +35,18 @@ class SamplingParams:
     # Test and extension seam: mlx-lm logits processors ``(tokens, logits) -> logits``; they
     # see the whole prompt and the output so far, cached prefix included.
     logits_processors: tuple[Callable[..., Any], ...] = ()
+    # Penalties and bias (``core.processors``): OpenAI's presence/frequency (-2..2), mlx-lm's
+    # multiplicative repetition penalty, and ``(token id, bias)`` pairs.
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    # Structured output (``core.grammar.GrammarSpec``), enforced from where the answer starts.
+    grammar: Any = None
+    # Log-probabilities of the answer's tokens: None (off) or how many alternatives (0-20).
+    logprobs: int | None = None
+    # Reasoning tokens allowed before the end-of-thinking marker is forced (None: no cap).
+    thinking_budget: int | None = None
 
 
 class Generation:

@@ -81,9 +81,14 @@ def request_sampler(loaded: "LoadedModel", params: SamplingParams) -> Sampler:
     return make_request_sampler(params, loaded.generation_defaults, adjust_top_k=lambda k: clamp_top_k(loaded, k))
 
 
-def request_processors(params: SamplingParams) -> tuple[LogitsProcessor, ...]:
-    """The logits processors a request runs with, in order."""
-    return tuple(params.logits_processors)
+def request_processors(loaded: "LoadedModel", prompt: Any, params: SamplingParams) -> tuple[LogitsProcessor, ...]:
+    """The logits processors a request runs with, in order: the extension seam's
+    (``params.logits_processors``), ``logit_bias`` and penalties, the thinking budget, the
+    grammar (``core.processors``). They keep per-request state: build them once per request
+    (``RequestStream.processors``), also across a move into the batch."""
+    from .processors import request_processors as build
+
+    return build(loaded, prompt, params)
 
 
 class SeededSampler:

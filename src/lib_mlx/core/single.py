@@ -17,9 +17,10 @@ from typing import Any
 from .context import RunContext
 from .decode import RequestStream
 from .failures import recover_after_failure
-from .prompt_cache import cache_length, reserve
+from .kv_quant import maybe_quantize
+from .prompt_cache import cache_length, cache_nbytes, reserve
 from .request import Job
-from .sampling import Sampler, max_new_tokens, request_processors, rewind, with_prefix
+from .sampling import Sampler, max_new_tokens, rewind, with_prefix
 from .vlm import prompt_inputs
 
 log = logging.getLogger("lib_mlx.engine")
@@ -78,7 +79,9 @@ def _generate(ctx: RunContext, job: Job, still_alone: Callable[[], bool] | None)
     hit = store.fetch(tokens) if store is not None else None
     cache = hit.cache if hit is not None else ctx.new_cache()
     reused = hit.reused if hit is not None else 0
+    kv = ctx.kv
     if hit is not None:
+        maybe_quantize(cache, kv)
         reserve(cache, n_prompt - reused)
     stream = ctx.stream(job, n_prompt=n_prompt, cached_tokens=reused)
 
@@ -90,8 +93,16 @@ def _generate(ctx: RunContext, job: Job, still_alone: Callable[[], bool] | None)
 
     max_tokens = max_new_tokens(loaded, n_prompt, params.max_tokens)
     sampler = ctx.sampler(params)
-    processors = request_processors(params)
-    if start > reused:  # a checkpoint took the history: the tail needs one pass, not two
+    processors = stream.processors
+    # Speculative decoding (``speculative``) for a request alone; never with media, nor across
+    # ranks kept in step (each rank must run the very forward passes rank 0 runs), nor with
+    # logits processors (a grammar mask or a penalty keeps state per accepted token, which a
+    # verify pass over several drafted positions would advance and then have to take back).
+    plain = not inputs.step_kwargs and lockstep is None and not processors
+    speculation = ctx.options.speculation if plain else None
+    if speculation is not None:
+        steps = _speculative_steps(speculation, loaded.model, tokens, start, cache, sampler, processors, max_tokens, kv)
+    elif start > reused:  # a checkpoint took the history: the tail needs one pass, not two
         steps = _steps_after_checkpoint(loaded.model, tokens, start, cache, sampler, processors, max_tokens)
     else:
         steps = generate_step(
@@ -106,11 +117,19 @@ def _generate(ctx: RunContext, job: Job, still_alone: Callable[[], bool] | None)
     fed: list[int] = []  # every token the model has taken in after the prompt
     reason = "length"
     alone = still_alone if not inputs.step_kwargs else None
+    # KV quantization from ``kv.start`` tokens on: converted between steps (mlx-lm's rule,
+    # applied here so that layers without a quantized form are left as they are).
+    quantize_at = kv.start if kv is not None and kv.start > 0 else None
     try:
         add = stream.add
-        for token, _ in steps:
+        for token, logprobs in steps:
             fed.append(token)
-            finished = add(token)
+            if quantize_at is not None and n_prompt + len(fed) >= quantize_at:
+                maybe_quantize(cache, kv)
+                quantize_at = None
+            if len(fed) % 64 == 1:
+                ctx.kv_live_bytes = cache_nbytes(cache)
+            finished = add(token, logprobs)
             if lockstep is not None:
                 # Every rank runs the forward passes rank 0 runs: it alone decides the end.
                 if lockstep.agree(finished is None):
@@ -121,20 +140,23 @@ def _generate(ctx: RunContext, job: Job, still_alone: Callable[[], bool] | None)
                 reason = finished
                 break
             if alone is not None and not alone() and len(fed) < max_tokens:
-                if cache_length(cache) == len(tokens) + len(fed):
+                held = cache_length(cache)
+                if held is not None and held >= len(tokens) + len(fed) - 1:
                     reason = "handoff"
                     break
     finally:
         steps.close()
+        ctx.kv_live_bytes = 0
     if reason == "handoff":
-        # generate_step's look-ahead step already fed the last token and sampled the next:
-        # take that token back out of the cache (and its draw out of a seeded sampler); the
-        # batch feeds it again.
+        # generate_step's look-ahead step already fed the last token and sampled the next (a
+        # speculative step may hold accepted draft tokens past it): cut the cache back to all
+        # but the last token (and that draw out of a seeded sampler); the batch feeds it again.
         from mlx_lm.models.cache import trim_prompt_cache
 
-        trim_prompt_cache(cache, 1)
+        trim_prompt_cache(cache, cache_length(cache) - (len(tokens) + len(fed) - 1))
         log.debug("generation %d moves into a batch after %d tokens", job.generation.id, len(fed))
-        rewind(sampler)
+        if speculation is None:
+            rewind(sampler)
         ctx.stats.alone(t_start, tokens=len(fed), handed_off=True)
         return Handoff(job, stream, cache, tokens + fed[:-1], fed[-1], max_tokens - len(fed), sampler)
     stream.finish(reason)
@@ -142,6 +164,43 @@ def _generate(ctx: RunContext, job: Job, still_alone: Callable[[], bool] | None)
     if store is not None:
         store.insert(tokens + fed, cache)
     return None
+
+
+def _speculative_steps(
+    speculation: Any,
+    model: Any,
+    tokens: list[int],
+    start: int,
+    cache: list[Any],
+    sampler: Sampler,
+    processors: tuple[Callable[..., Any], ...],
+    max_tokens: int,
+    kv: Any,
+) -> Iterator[tuple[int, Any]]:
+    """``generate_step``'s (token, logprobs) through speculative decoding, the cache holding
+    ``tokens[:start]``; adds the request's drafted/accepted counts to the model's."""
+    from .speculative import SpeculativeStats, draft_model_generate_step, prompt_lookup_generate_step
+
+    stats = SpeculativeStats()
+    common: dict[str, Any] = dict(
+        history=tokens[:start],
+        max_tokens=max_tokens,
+        sampler=sampler,
+        logits_processors=processors,
+        num_draft_tokens=speculation.num_draft_tokens,
+        kv=kv,
+        stats=stats,
+    )
+    if speculation.mode == "draft":
+        steps = draft_model_generate_step(tokens[start:], model, speculation.draft_model, cache, **common)
+    else:
+        steps = prompt_lookup_generate_step(tokens[start:], model, cache, ngram=speculation.ngram, **common)
+    try:
+        for token, logprobs, _ in steps:
+            yield token, logprobs
+    finally:
+        steps.close()
+        speculation.stats.add(stats)
 
 
 def prefill(model: Any, tokens: list[int], cache: list[Any], step: int = PREFILL_STEP) -> None:

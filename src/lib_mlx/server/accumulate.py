@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..core.events import Done, Event, Failed, ReasoningDelta, TextDelta, ToolCallEnd, Usage
+from ..core.events import Done, Event, Failed, ReasoningDelta, TextDelta, TokenLogprob, ToolCallEnd, Usage
 
 
 @dataclass
@@ -12,6 +12,7 @@ class Accumulated:
     content: list[str] = field(default_factory=list)
     reasoning: list[str] = field(default_factory=list)
     tool_calls: list[ToolCallEnd] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
     done: Done | None = None
 
     def add(self, event: Event) -> None:
@@ -19,6 +20,8 @@ class Accumulated:
             self.content.append(event.text)
         elif isinstance(event, ReasoningDelta):
             self.reasoning.append(event.text)
+        elif isinstance(event, TokenLogprob):
+            self.logprobs.append(event)
         elif isinstance(event, ToolCallEnd):
             self.tool_calls.append(event)
         elif isinstance(event, Done):

@@ -139,6 +139,15 @@ class ServerContext:
         finally:
             self.rendering -= 1
 
+    async def check(self, rendered: RenderedPrompt, params: SamplingParams) -> None:
+        """The core's refusals of what decoding cannot apply (an unenforceable schema, a
+        ``logit_bias`` id outside the vocabulary), as 400s before the request is queued. In a
+        thread where there is a grammar to compile (the first of a large vocabulary builds the
+        grammar engine's tokenizer: seconds)."""
+        if params.grammar is None and not params.logit_bias and not rendered.tools:
+            return
+        await asyncio.to_thread(self.core.check, rendered, params)
+
     def submit(self, rendered: RenderedPrompt, params: SamplingParams) -> Generation:
         watch = _request_watch.get()
         arrival = watch.arrival if watch is not None else None

@@ -74,27 +74,96 @@ def _fields(honoured: Iterable[str], ignored: Iterable[str] = (), **refused: Fie
 
 # Fields not listed are accepted and ignored (logged at debug level): clients send many
 # optional hints. Add a field here when an endpoint starts honouring or refusing it.
+def _honoured(why: str) -> FieldRule:
+    return FieldRule("honoured", why)
+
+
+def _ignored(why: str) -> FieldRule:
+    return FieldRule("ignored", why)
+
+
+def _refused(why: str, refuse_if: Callable[[Any], bool] | None = None) -> FieldRule:
+    return FieldRule("refused", why, refuse_if)
+
+
+# Reasons shared by both OpenAI APIs.
+_COMMON: dict[str, FieldRule] = {
+    "model": _honoured("must name the served model (404 otherwise); may be omitted"),
+    "temperature": _honoured("sampling temperature (0 = greedy)"),
+    "top_p": _honoured("nucleus sampling"),
+    "tools": _honoured("function tools, rendered by the model's chat template; strict tools' arguments are enforced"),
+    "tool_choice": _honoured("auto / none / required / a named function; a forced call is enforced in the family's call syntax"),
+    "parallel_tool_calls": _honoured("false ends the answer after the first call (and a forced call allows one)"),
+    "stream": _honoured("server-sent events"),
+    "top_logprobs": _honoured("0-20 alternatives per answer token (reasoning tokens have none)"),
+    "user": _ignored("an end-user id for OpenAI's abuse monitoring: nothing to monitor on a local server"),
+    "safety_identifier": _ignored("an end-user id for OpenAI's safety checks: nothing to check it against locally"),
+    "service_tier": _ignored("one local tier"),
+    "prompt_cache_key": _ignored("prompt caching is automatic (longest cached prefix of this model's conversations)"),
+    "prompt_cache_retention": _ignored("cache lifetime is the server's (LRU within prompt_cache_bytes)"),
+    "prompt_cache_options": _ignored("as prompt_cache_key: no explicit breakpoints needed"),
+    "moderation": _refused("moderation models are not available on a local server"),
+    # lib_mlx extensions, shared by both endpoints
+    "top_k": _honoured("extension: top-k sampling"),
+    "min_p": _honoured("extension: min-p sampling"),
+    "thinking": _honoured("extension: the thinking toggle (see reasoning_effort)"),
+    "chat_template_kwargs": _honoured("extension: passed to the chat template (enable_thinking also toggles thinking)"),
+    "thinking_budget": _honoured("extension: caps reasoning tokens, then the family's end-of-thinking marker is forced"),
+    "presence_penalty": _honoured("OpenAI's additive penalty (-2..2) on tokens already in the answer"),
+    "frequency_penalty": _honoured("OpenAI's additive penalty (-2..2) per earlier occurrence in the answer"),
+    "repetition_penalty": _honoured("extension (mlx-lm / vLLM): multiplicative penalty on tokens already in the answer"),
+    "logit_bias": _honoured("token id -> bias (-100..100) added to the logits; ids outside the vocabulary are refused"),
+    "seed": _honoured("the request's own random stream: the same tokens alone or in a batch"),
+}
+
+# Every field of openai-python's request types for the two endpoints is listed (a test walks
+# them); fields not listed (other clients' extensions) are accepted and ignored, logged at debug.
 FIELDS: dict[str, dict[str, FieldRule]] = {
-    "chat": _fields(
-        (
-            "model", "messages", "temperature", "top_p", "top_k", "min_p", "max_tokens",
-            "max_completion_tokens", "max_output_tokens", "stop", "seed", "stream", "stream_options",
-            "n", "tools", "tool_choice", "parallel_tool_calls", "thinking", "chat_template_kwargs",
-            "reasoning_effort", "ignore_eos",
-        ),
-        ("user", "store", "metadata", "service_tier", "frequency_penalty", "presence_penalty"),
-        n=FieldRule("refused", "only n=1 is supported", lambda n: n != 1),
-    ),
-    "responses": _fields(
-        (
-            "model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls",
-            "max_output_tokens", "temperature", "top_p", "reasoning", "thinking", "store", "stream",
-            "previous_response_id", "metadata", "text", "truncation", "background",
-            "chat_template_kwargs", "top_k", "min_p", "seed",
-        ),
-        ("user", "service_tier", "include", "prompt_cache_key", "safety_identifier"),
-        background=FieldRule("refused", "background responses are not supported", bool),
-    ),
+    "chat": {
+        **_COMMON,
+        "messages": _honoured("the conversation, rendered by the model's chat template"),
+        "max_tokens": _honoured("token budget (clamped to the room the context has left)"),
+        "max_completion_tokens": _honoured("as max_tokens (takes precedence)"),
+        "max_output_tokens": _honoured("extension: as max_tokens"),
+        "stop": _honoured("up to 4 stop strings"),
+        "stream_options": _honoured("include_usage"),
+        "n": _refused("only n=1 is supported", lambda n: n != 1),
+        "reasoning_effort": _honoured("none: thinking off; minimal/low/medium/high: thinking on with a budget of 256/1024/4096/16384 reasoning tokens; xhigh/max: no cap"),
+        "response_format": _honoured("text / json_object / json_schema, enforced while decoding"),
+        "logprobs": _honoured("log-probabilities of the answer's tokens"),
+        "ignore_eos": _honoured("extension (vLLM): generate through end-of-sequence up to max_tokens"),
+        "audio": _refused("audio output is not supported"),
+        "modalities": _refused("only text output is supported", lambda v: list(v) != ["text"]),
+        "functions": _refused("deprecated: use tools"),
+        "function_call": _refused("deprecated: use tool_choice"),
+        "web_search_options": _refused("web search is not available on a local server"),
+        "verbosity": _refused("only the default verbosity (medium) is supported", lambda v: v != "medium"),
+        "prediction": _ignored("Predicted Outputs only speed up an answer, never change it"),
+        "store": _ignored("stored chat completions (evals, distillation) are an OpenAI platform feature"),
+        "metadata": _ignored("tags of stored chat completions: nothing is stored"),
+    },
+    "responses": {
+        **_COMMON,
+        "input": _honoured("text or input items (messages, function calls and outputs, reasoning)"),
+        "instructions": _honoured("a system message ahead of the input"),
+        "max_output_tokens": _honoured("token budget (clamped to the room the context has left)"),
+        "reasoning": _honoured("effort as reasoning_effort in chat; max_tokens (extension) as thinking_budget; summary echoed"),
+        "store": _honoured("responses are kept in memory for previous_response_id"),
+        "previous_response_id": _honoured("continues a stored response"),
+        "metadata": _honoured("echoed on the response"),
+        "text": _honoured("format: text / json_object / json_schema, enforced while decoding; verbosity: medium only"),
+        "truncation": _honoured("disabled: a prompt over the context is refused (auto is treated the same)"),
+        "include": _honoured("message.output_text.logprobs; other values have nothing to include"),
+        "max_tool_calls": _honoured("caps the calls in one response (the answer ends at the cap)"),
+        "stream_options": _ignored("include_obfuscation pads events against network side channels: loopback only"),
+        "background": _refused("background responses are not supported", bool),
+        "background_options": _refused("background responses are not supported"),
+        "conversation": _refused("the Conversations API is not supported: use previous_response_id"),
+        "prompt": _refused("stored prompt templates are not supported"),
+        "context_management": _refused("server-side compaction is not supported"),
+        "image": _refused("image output is not supported"),
+        "access_programs": _refused("access programs are an OpenAI platform feature"),
+    },
     "messages": _fields(
         (
             "model", "messages", "system", "max_tokens", "temperature", "top_p", "top_k",
@@ -251,3 +320,16 @@ async def prepare(ctx: Any, prompt: ChatPrompt, *, param: str = "messages", gene
             exc.param = param
         raise
     return rendered
+
+
+def fields_markdown(apis: tuple[str, ...] = ("chat", "responses")) -> str:
+    """The README's field table: field × endpoint × handling, with the reason (one line each)."""
+    names = sorted({name for api in apis for name in FIELDS[api]})
+    head = "| field | " + " | ".join(f"`{api}`" for api in apis) + " | what happens |"
+    lines = [head, "| --- | " + " | ".join("---" for _ in apis) + " | --- |"]
+    for name in names:
+        rules_ = [FIELDS[api].get(name) for api in apis]
+        cells = [r.handling if r is not None else "—" for r in rules_]
+        reasons = list(dict.fromkeys(r.reason for r in rules_ if r is not None and r.reason))
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " | " + "; ".join(reasons) + " |")
+    return "\n".join(lines)

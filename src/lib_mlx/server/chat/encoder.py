@@ -12,12 +12,14 @@ from ...core.events import (
     Event,
     ReasoningDelta,
     TextDelta,
+    TokenLogprob,
     ToolCallArgumentsDelta,
     ToolCallEnd,
     ToolCallStart,
     Usage,
 )
 from ..accumulate import Accumulated
+from ..structured import chat_logprob
 
 
 def new_completion_id() -> str:
@@ -51,14 +53,21 @@ class ChatChunkEncoder:
     include_usage: bool = False
     id: str = field(default_factory=new_completion_id)
     created: int = field(default_factory=lambda: int(time.time()))
+    # ``TokenLogprob``s whose text has not been sent: they ride on the next content chunk (a
+    # token's log-probability comes before its text, which a parser may hold back a while)
+    pending_logprobs: list[dict[str, Any]] = field(default_factory=list)
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        logprobs = None
+        if self.pending_logprobs and ("content" in delta or finish_reason is not None):
+            logprobs = {"content": self.pending_logprobs, "refusal": None}
+            self.pending_logprobs = []
         chunk: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
         }
         if self.include_usage:
             chunk["usage"] = None
@@ -70,6 +79,9 @@ class ChatChunkEncoder:
     def encode(self, event: Event) -> list[dict[str, Any]]:
         if isinstance(event, TextDelta):
             return [self._chunk({"content": event.text})]
+        if isinstance(event, TokenLogprob):
+            self.pending_logprobs.append(chat_logprob(event))
+            return []
         if isinstance(event, ReasoningDelta):
             return [self._chunk({"reasoning_content": event.text, "reasoning": event.text})]
         if isinstance(event, ToolCallStart):
@@ -101,8 +113,8 @@ class ChatChunkEncoder:
         return []
 
 
-def completion_body(model: str, result: Accumulated) -> dict[str, Any]:
-    """The non-streaming ``chat.completion`` object."""
+def completion_body(model: str, result: Accumulated, *, logprobs: bool = False) -> dict[str, Any]:
+    """The non-streaming ``chat.completion`` object (``logprobs``: the request asked for them)."""
     message: dict[str, Any] = {"role": "assistant", "content": result.text or (None if result.tool_calls else "")}
     if result.reasoning:
         message["reasoning_content"] = result.reasoning_text
@@ -118,6 +130,13 @@ def completion_body(model: str, result: Accumulated) -> dict[str, Any]:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason_of(result.done)}],
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": {"content": [chat_logprob(e) for e in result.logprobs], "refusal": None} if logprobs else None,
+                "finish_reason": finish_reason_of(result.done),
+            }
+        ],
         "usage": usage_body(result.usage),
     }

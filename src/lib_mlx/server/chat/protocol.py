@@ -119,6 +119,16 @@ class ChatCompletionRequest(WireModel):
     reasoning_effort: str | None = None
     # Extension (vLLM's name): keep generating through end-of-sequence tokens up to max_tokens.
     ignore_eos: bool = False
+    # Structured output, log-probabilities, penalties and bias (see ``server.structured``).
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    # Extensions: mlx-lm's / vLLM's multiplicative penalty, and a cap on reasoning tokens.
+    repetition_penalty: float | None = Field(default=None, gt=0.0)
+    thinking_budget: int | None = Field(default=None, ge=0)
 
     @field_validator("seed")
     @classmethod

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from ...core import ChatPrompt, SamplingParams
 from ...core.events import Event
 from ...errors import LibMlxError
-from .. import rules, sse
+from .. import rules, sse, structured
 from ..context import ServerContext
 from ..multipart import read_payload
 from ..streaming import collect, sse_response, stream
@@ -39,6 +39,7 @@ def to_chat_prompt(req: ChatCompletionRequest) -> ChatPrompt:
 
 
 def to_sampling(req: ChatCompletionRequest) -> SamplingParams:
+    structured.check_strict_tools([t.model_dump() for t in req.tools or []])
     return SamplingParams(
         max_tokens=req.max_new_tokens(),
         temperature=req.temperature,
@@ -48,6 +49,13 @@ def to_sampling(req: ChatCompletionRequest) -> SamplingParams:
         seed=req.seed,
         stop=req.stop_list(),
         ignore_eos=req.ignore_eos,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        repetition_penalty=req.repetition_penalty,
+        logit_bias=structured.logit_bias_pairs(req.logit_bias),
+        grammar=structured.response_format_grammar(req.response_format),
+        logprobs=structured.chat_logprobs(req.logprobs, req.top_logprobs),
+        thinking_budget=structured.thinking_budget(req.thinking_budget, req.reasoning_effort),
     )
 
 
@@ -77,11 +85,14 @@ async def create_chat_completion(request: Request) -> Response:
     ctx: ServerContext = request.app.state.ctx
     req = rules.parse(ChatCompletionRequest, await read_payload(ctx, request), api="chat")
     ctx.check_model(req.model)
+    params = to_sampling(req)
     rendered = await rules.prepare(ctx, to_chat_prompt(req))
-    generation = ctx.submit(rendered, to_sampling(req))
+    await ctx.check(rendered, params)
+    generation = ctx.submit(rendered, params)
     model = req.model or ctx.model_id
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         wire = ChatWire(ChatChunkEncoder(model=model, include_usage=include_usage))
         return sse_response(stream(ctx, generation, wire))
-    return JSONResponse(completion_body(model, await collect(ctx, generation)))
+    result = await collect(ctx, generation)
+    return JSONResponse(completion_body(model, result, logprobs=params.logprobs is not None))

@@ -124,7 +124,11 @@ def with_instructions(instructions: str | None, messages: list[dict[str, Any]]) 
 
 def tools_to_chat(req: ResponsesRequest) -> list[dict[str, Any]] | None:
     """Flat Responses function tools -> chat ``{"type": "function", "function": {...}}``."""
-    return rules.chat_tools((t.name, t.description, t.parameters) for t in req.tools or [])
+    tools = rules.chat_tools((t.name, t.description, t.parameters) for t in req.tools or [])
+    for tool, given in zip(tools or [], req.tools or []):
+        if given.strict:
+            tool["function"]["strict"] = True  # its arguments are enforced (core.tool_grammar)
+    return tools
 
 
 def tool_choice_to_chat(req: ResponsesRequest) -> str | dict[str, Any] | None:
@@ -136,7 +140,7 @@ def tool_choice_to_chat(req: ResponsesRequest) -> str | dict[str, Any] | None:
 
 def to_chat_prompt(req: ResponsesRequest, items: list[dict[str, Any]]) -> ChatPrompt:
     """The whole conversation (earlier items + this request's input) as a core prompt."""
-    return rules.chat_prompt(
+    prompt = rules.chat_prompt(
         with_instructions(req.instructions, items_to_messages(items)),
         tools=tools_to_chat(req),
         tool_choice=tool_choice_to_chat(req),
@@ -145,3 +149,5 @@ def to_chat_prompt(req: ResponsesRequest, items: list[dict[str, Any]]) -> ChatPr
         parallel_tool_calls=req.parallel_tool_calls,
         kwargs=req.chat_template_kwargs,
     )
+    prompt.max_tool_calls = req.max_tool_calls
+    return prompt

@@ -39,12 +39,14 @@ from ...core.events import (
     Failed,
     ReasoningDelta,
     TextDelta,
+    TokenLogprob,
     ToolCallArgumentsDelta,
     ToolCallEnd,
     ToolCallStart,
     Usage,
 )
 from ...errors import CancelledError
+from ..structured import responses_logprob
 
 StreamEvent = dict[str, Any]
 
@@ -82,6 +84,7 @@ class _Item:
     pieces: list[str] = field(default_factory=list)
     call_id: str = ""
     name: str = ""
+    logprobs: list[dict[str, Any]] = field(default_factory=list)  # message items
 
 
 @dataclass
@@ -95,6 +98,9 @@ class ResponseEncoder:
     response: dict[str, Any] | None = None  # set once finished
     _current: _Item | None = None  # the reasoning or message item being written
     _calls: dict[int, _Item] = field(default_factory=dict)  # open calls by the core's index
+    # log-probabilities of answer tokens whose text has not been sent yet (a token's
+    # ``TokenLogprob`` comes before its text, which a parser may hold back a while)
+    _logprobs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -126,6 +132,9 @@ class ResponseEncoder:
             return []
         if isinstance(event, TextDelta):
             return self._text("message", event.text)
+        if isinstance(event, TokenLogprob):
+            self._logprobs.append(responses_logprob(event))
+            return []
         if isinstance(event, ReasoningDelta):
             return self._text("reasoning", event.text)
         if isinstance(event, ToolCallStart):
@@ -193,6 +202,8 @@ class ResponseEncoder:
                     )
                 )
         else:
+            logprobs, self._logprobs = self._logprobs, []
+            current.logprobs += logprobs
             out.append(
                 self._event(
                     "response.output_text.delta",
@@ -200,7 +211,7 @@ class ResponseEncoder:
                     output_index=current.index,
                     content_index=0,
                     delta=text,
-                    logprobs=[],
+                    logprobs=logprobs,
                 )
             )
         return out
@@ -294,7 +305,9 @@ class ResponseEncoder:
                     )
                 )
         else:
-            item["content"] = [_output_text(text)]
+            current.logprobs += self._logprobs  # tokens whose text never came (held back, cut)
+            self._logprobs = []
+            item["content"] = [_output_text(text, current.logprobs)]
             out.append(
                 self._event(
                     "response.output_text.done",
@@ -302,7 +315,7 @@ class ResponseEncoder:
                     output_index=current.index,
                     content_index=0,
                     text=text,
-                    logprobs=[],
+                    logprobs=list(current.logprobs),
                 )
             )
             out.append(
@@ -311,7 +324,7 @@ class ResponseEncoder:
                     item_id=current.id,
                     output_index=current.index,
                     content_index=0,
-                    part=_output_text(text),
+                    part=_output_text(text, current.logprobs),
                 )
             )
         out.append(self._event("response.output_item.done", output_index=current.index, item=copy.deepcopy(item)))
@@ -395,8 +408,8 @@ class ResponseEncoder:
         return out
 
 
-def _output_text(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def _output_text(text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": list(logprobs or [])}
 
 
 def _reasoning_text(text: str) -> dict[str, Any]:

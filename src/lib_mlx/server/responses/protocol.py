@@ -144,6 +144,8 @@ class ReasoningParam(WireModel):
     model_config = _LENIENT
     effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
     summary: Literal["auto", "concise", "detailed"] | None = None
+    # Extension (OpenRouter's name): a cap on reasoning tokens, as chat's thinking_budget.
+    max_tokens: int | None = Field(default=None, ge=0)
 
 
 # --- the request ---------------------------------------------------------------------------
@@ -175,6 +177,16 @@ class ResponsesRequest(WireModel):
     top_k: int | None = Field(default=None, ge=0)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     seed: int | None = None
+    # Log-probabilities (``include: ["message.output_text.logprobs"]``), a cap on tool calls,
+    # and the extensions shared with chat: penalties, bias, thinking budget.
+    include: list[str] | None = None
+    top_logprobs: int | None = None
+    max_tool_calls: int | None = Field(default=None, ge=1)
+    thinking_budget: int | None = Field(default=None, ge=0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0)
+    logit_bias: dict[str, float] | None = None
 
     @field_validator("input")
     @classmethod

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from ...core import SamplingParams
 from ...core.events import Event
 from ...errors import LibMlxError, NotFoundError
-from .. import rules, sse
+from .. import rules, sse, structured
 from ..context import ServerContext
 from ..multipart import read_payload
 from ..streaming import run_to_end, sse_response, stream
@@ -33,6 +33,9 @@ def store_of(request: Request) -> ResponseStore:
 
 
 def to_sampling(req: ResponsesRequest) -> SamplingParams:
+    reasoning = req.reasoning
+    explicit_budget = req.thinking_budget if req.thinking_budget is not None else (reasoning.max_tokens if reasoning else None)
+    structured.check_strict_tools([t.model_dump() for t in req.tools or []])
     return SamplingParams(
         max_tokens=req.max_output_tokens,
         temperature=req.temperature,
@@ -40,6 +43,15 @@ def to_sampling(req: ResponsesRequest) -> SamplingParams:
         top_k=req.top_k,
         min_p=req.min_p,
         seed=req.seed,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        repetition_penalty=req.repetition_penalty,
+        logit_bias=structured.logit_bias_pairs(req.logit_bias),
+        grammar=structured.text_format_grammar(req.text),
+        logprobs=structured.responses_logprobs(req.include, req.top_logprobs),
+        thinking_budget=structured.thinking_budget(
+            explicit_budget, reasoning.effort if reasoning else None, param="reasoning.max_tokens"
+        ),
     )
 
 
@@ -71,6 +83,8 @@ def response_skeleton(req: ResponsesRequest, model: str) -> dict[str, Any]:
         "tool_choice": req.tool_choice_wire(),
         "tools": [t.model_dump(include={"type", "name", "description", "parameters", "strict"}) for t in req.tools or []],
         "top_p": req.top_p,
+        "top_logprobs": req.top_logprobs,
+        "max_tool_calls": req.max_tool_calls,
         "truncation": req.truncation or "disabled",
         "usage": None,
     }
@@ -121,7 +135,9 @@ async def create_response(request: Request) -> Response:
         items = previous.conversation() + items
 
     rendered = await rules.prepare(ctx, to_chat_prompt(req, items), param="input")
-    generation = ctx.submit(rendered, to_sampling(req))
+    params = to_sampling(req)
+    await ctx.check(rendered, params)
+    generation = ctx.submit(rendered, params)
     encoder = ResponseEncoder(base=response_skeleton(req, req.model or ctx.model_id))
 
     def finish() -> None:
