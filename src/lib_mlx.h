@@ -27,8 +27,13 @@
  *     invalid_config      JSON of the wrong shape (not an object, a field of the wrong type or
  *                         out of range, a required field missing) or a NULL config_json where
  *                         one is required
- *     model_not_found     model_path does not exist / model_id cannot be resolved offline
- *     model_load_failed   the model directory exists but could not be loaded
+ *     model_not_found     model_path does not exist / model_id is neither in the local
+ *                         Hugging Face cache nor downloadable (offline: fails in seconds)
+ *     model_load_failed   the model directory exists but could not be loaded (or a download
+ *                         failed part-way: loading it again resumes)
+ *     insufficient_memory the model's weights plus a margin exceed the memory MLX can use
+ *                         here (the message names both figures; see README "Memory")
+ *     cancelled           start_server was waiting for a load that unload_model cancelled
  *     unknown_handle      the handle was never issued or has been unloaded
  *     server_not_running  reserved for calls that need a running server (stop_server on a
  *                         stopped server is not an error: it replies ok, "was_running": false)
@@ -41,7 +46,9 @@
  *   seen, concurrently. Python code runs under the GIL and calls on one handle are ordered by
  *   that handle's lock (a status call on another handle does not wait for them).
  *   lib_mlx_load_model blocks for the whole load
- *   (seconds to minutes for a large model), start/stop block until the listener is up/closed,
+ *   (seconds to minutes for a large model) unless its config says "wait": false: it then
+ *   returns at once and lib_mlx_server_status, polled from any thread (a UI timer), reports
+ *   the load's progress. start/stop block until the listener is up/closed,
  *   and the first call of any function also starts the embedded interpreter and imports
  *   lib_mlx and MLX (about a second or more): call them off the UI thread (in Dart, from a
  *   helper isolate, e.g. Isolate.run). The HTTP server runs on the runtime's own threads
@@ -80,14 +87,15 @@ extern "C" {
 #endif
 
 /*
- * Loads a local MLX model directory and returns a new handle (integers from 1, never reused
- * within a process).
+ * Loads a model and returns a new handle (integers from 1, never reused within a process):
+ * a local MLX model directory, or a Hugging Face hub id (the local cache first, then a
+ * resumable download of the files a model needs).
  *
  * config_json (required; NULL -> invalid_config):
  *   {"model_path": "/path/to/model-dir",   one of model_path / model_id is required
  *    "model_id": "org/name",               optional; the id served as `model` over HTTP
- *                                          (default: the directory's name)
- *    "revision": null,                     optional string
+ *                                          (default: the directory's name); alone: a hub id
+ *    "revision": null,                     optional string (hub branch, tag or commit)
  *    "thinking_enabled": true,             optional, default true
  *    "lazy_encoders": true,                optional, default true
  *    "kv_bits": null,                      optional 4 or 8: quantized KV caches
@@ -99,19 +107,30 @@ extern "C" {
  *    "num_draft_tokens": 4,                optional, 1-32
  *    "prompt_lookup": false,               optional: speculative decoding with n-gram drafts
  *    "prompt_lookup_ngram": 3,             optional, 1-8
- *    "family": null}                       optional: "qwen3", "gemma4", "llama3", "mistral",
+ *    "family": null,                       optional: "qwen3", "gemma4", "llama3", "mistral",
  *                                          "harmony", "deepseek", "granite", "kimi", "mlx_lm",
  *                                          "plain"; null detects it (an unknown name fails the load)
+ *    "wait": true,                         optional, default true; false: return at once with
+ *                                          "status": "loading" and load in the background
+ *    "memory_budget_bytes": null,          optional; the memory the guard may count on
+ *                                          (default: what MLX can use on this device)
+ *    "max_request_kv_bytes": null}         optional; one request's KV-cache budget (default:
+ *                                          what is left after the load, less a margin)
  *   Unknown keys are ignored.
  * reply:
  *   {"ok": true, "handle": 1, "status": "ready", "model_id": "org/name"}
- * errors: invalid_json, invalid_config, model_not_found, model_load_failed, internal_error
+ *   ("status": "loading" with "wait": false; a failure then shows in lib_mlx_server_status)
+ * errors: invalid_json, invalid_config, model_not_found, model_load_failed,
+ *         insufficient_memory, internal_error
  */
 char *lib_mlx_load_model(const char *config_json);
 
 /*
  * Starts the OpenAI-compatible HTTP server for a loaded model; returns once it is listening.
  * If the handle's server already runs, replies with its info (the new config is ignored).
+ * On a handle still loading it waits for the load (and replies with its error if it fails),
+ * unless "wait": false: it then listens at once and answers /health and every /v1/ route with 503 and
+ * Retry-After until the model is ready.
  *
  * config_json (optional; NULL or "{}" -> all defaults):
  *   {"host": "127.0.0.1",                  default "127.0.0.1"
@@ -125,7 +144,11 @@ char *lib_mlx_load_model(const char *config_json);
  *    "max_body_bytes": 33554432,           request body cap (413 above it)
  *    "max_media_part_bytes": 20971520,     one decoded image/audio or file part
  *    "allow_remote_media": false,          fetch http(s) media URLs
- *    "chat_page": true}                    serve the chat page at /
+ *    "chat_page": true,                    serve the chat page at /
+ *    "wait": true,                         see above
+ *    "idle_unload_s": null}                optional seconds: free the model's memory after
+ *                                          this long without a request ("sleeping"); the
+ *                                          next request loads it again
  *   Every field is optional; unknown keys are ignored. A string holding a lone surrogate
  *   escape ("\ud800") is invalid_json.
  * reply:
@@ -134,7 +157,8 @@ char *lib_mlx_load_model(const char *config_json);
  *               "model_id": "org/name", "status": "running", "api_key": "..."}}
  *   OpenAI clients use base_url + "/v1" and send "Authorization: Bearer <api_key>" when an
  *   api_key is present.
- * errors: invalid_json, invalid_config, unknown_handle, port_in_use, internal_error
+ * errors: invalid_json, invalid_config, unknown_handle, port_in_use, internal_error, and
+ *         a failed load's error (model_not_found, model_load_failed, insufficient_memory)
  */
 char *lib_mlx_start_server(int64_t handle, const char *config_json);
 
@@ -147,11 +171,20 @@ char *lib_mlx_start_server(int64_t handle, const char *config_json);
 char *lib_mlx_stop_server(int64_t handle);
 
 /*
- * Reports the model's and the server's state, and MLX's memory use.
+ * Reports the model's and the server's state, and MLX's memory use. Cheap; never waits for a
+ * load: poll it from a timer to draw a loading bar.
  * reply:
  *   {"ok": true, "handle": 1,
  *    "model": {"status": "ready", "model_id": "org/name", "model_path": "/path/to/model-dir",
- *              "model_type": "qwen3", "context_length": 40960, "thinking_enabled": true},
+ *              "model_type": "qwen3", "context_length": 40960, "thinking_enabled": true,
+ *              "progress": {"phase": "load", "bytes_done": 0, "bytes_total": 0,
+ *                           "files_done": 0, "files_total": 0},
+ *              "loads": 1},
+ *     model.status: "loading" | "ready" | "failed" (with "error": {"code", "message"}) |
+ *       "sleeping" (freed after idle_unload_s; the next request loads it again).
+ *     model.progress: phase "resolve" -> "download" -> "load" -> "warmup"; the byte and file
+ *       counts cover the model's files (cached ones count as done) and never go down.
+ *     model_path is null while a hub model is still resolving.
  *    "server": {"status": "running", ...server fields as in start_server...}
  *              or {"status": "stopped"},
  *    "in_flight": 0,                       requests generating or queued
@@ -167,7 +200,9 @@ char *lib_mlx_server_status(int64_t handle);
 
 /*
  * Stops the server if it runs, unloads the model and gives its memory back. The handle is
- * invalid afterwards (any call with it -> unknown_handle).
+ * invalid afterwards (any call with it -> unknown_handle). On a handle still loading it
+ * cancels the load (a download stops at its next chunk and resumes on a later load) and
+ * returns once the load has stopped and its memory is freed.
  * reply:  {"ok": true, "handle": 1, "status": "unloaded"}
  * errors: unknown_handle, internal_error
  */

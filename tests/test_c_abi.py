@@ -370,3 +370,26 @@ def test_status_loop_does_not_leak(abi_checks: Path, model_dir: Path) -> None:
     growth = rss["after"] - rss["before"]
     assert growth < 4 * 1024 * 1024, f"RSS grew by {growth / 1e6:.1f} MB over 10,000 calls"
     assert_ok(lines["unload"], status="unloaded")
+
+
+# --- loading in the background ----------------------------------------------------------------
+
+
+def test_c_host_loads_in_the_background_and_polls_to_ready(abi_checks: Path, make_model) -> None:
+    """Issue 19: ``"wait": false`` returns at once with ``"status": "loading"``; polling
+    ``lib_mlx_server_status`` shows the progress, monotonic, until ``ready``."""
+    big = make_model("llama", hidden_size=1024, num_layers=6)  # ~60 MB: a load worth polling
+    lines = run_checks(abi_checks, "background", big)
+    labels = [label for label, _ in lines]
+    assert labels[0] == "load_model" and labels[-2:] == ["start_server", "unload"], labels
+    assert_ok(lines[0][1], status="loading")
+    polls = [reply for label, reply in lines if label == "status"]
+    assert len(polls) >= 2 and polls[0]["model"]["status"] == "loading", polls[:2]
+    assert polls[-1]["model"]["status"] == "ready", polls[-1]
+    phases = ["resolve", "download", "load", "warmup"]
+    progress = [reply["model"]["progress"] for reply in polls]
+    for a, b in zip(progress, progress[1:]):
+        assert phases.index(b["phase"]) >= phases.index(a["phase"]) and b["bytes_done"] >= a["bytes_done"], (a, b)
+    assert progress[-1]["bytes_done"] == progress[-1]["bytes_total"] > 50_000_000
+    assert lines[-2][1]["server"]["status"] == "running"
+    assert_ok(lines[-1][1], status="unloaded")

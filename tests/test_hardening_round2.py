@@ -281,6 +281,8 @@ SERVER_FIELDS = {
     "max_media_part_bytes": 2 * 1024 * 1024,
     "allow_remote_media": True,
     "chat_page": False,
+    "wait": True,  # on a loading handle: wait for the model (False: listen and answer 503)
+    "idle_unload_s": 600.0,
 }
 
 
@@ -312,6 +314,9 @@ def test_every_config_field_is_settable_through_the_json_abi(make_model, tmp_pat
         "num_draft_tokens": 3,
         "prompt_lookup": False,  # one kind of speculation at a time (the draft model here)
         "prompt_lookup_ngram": 2,
+        "wait": True,  # False returns while it loads (tests/test_lifecycle_background.py)
+        "memory_budget_bytes": 1 << 40,
+        "max_request_kv_bytes": 1 << 30,
     }
     # A field added later without a JSON value here fails this test.
     assert set(SERVER_FIELDS) == {f.name for f in dataclasses.fields(ServerConfig)}

@@ -53,9 +53,9 @@ def load_model(config_json: str | bytes | None) -> str:
     def run() -> dict[str, Any]:
         config = parse_config(MlxModelConfig, config_json)
         rt = runtime()
-        handle = rt.load_model(config)
-        status = rt.server_status(handle)
-        return {"handle": handle, "status": "ready", "model_id": status["model"]["model_id"]}
+        handle = rt.load_model(config)  # ``"wait": false`` returns while it loads
+        model = rt.server_status(handle)["model"]
+        return {"handle": handle, "status": model["status"], "model_id": model["model_id"]}
 
     return _reply(run)
 

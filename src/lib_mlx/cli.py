@@ -62,6 +62,55 @@ def _load(runtime: LibMlxRuntime, config: MlxModelConfig) -> int:
         return runtime.load_model(config)
 
 
+def _load_from_hub(runtime: LibMlxRuntime, config: MlxModelConfig, stream=sys.stderr) -> int:
+    """Load in the background and draw its progress with tqdm: bytes while downloading, then
+    the phase (loading the weights, warming up)."""
+    from tqdm import tqdm
+
+    handle = runtime.load_model(config, wait=False)
+    bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc="Downloading", file=stream, dynamic_ncols=True)
+    try:
+        while True:
+            model = runtime.server_status(handle)["model"]
+            progress = model.get("progress") or {}
+            if progress.get("bytes_total") and bar.total != progress["bytes_total"]:
+                bar.total = progress["bytes_total"]
+            bar.n = progress.get("bytes_done", 0)
+            bar.set_postfix_str(f"{progress.get('files_done', 0)}/{progress.get('files_total', 0)} files, {progress.get('phase')}")
+            if model["status"] != "loading":
+                break
+            time.sleep(0.1)
+    finally:
+        bar.close()
+    if model["status"] == "failed":
+        error = model["error"]
+        runtime.unload_model(handle)
+        raise LibMlxError(error["message"], code=error["code"])
+    return handle
+
+
+def _model_config(args: argparse.Namespace) -> MlxModelConfig:
+    """``--model`` is a local directory, or else a hub id (``ORG/NAME``)."""
+    local = Path(args.model).expanduser()
+    fields: dict[str, object] = {
+        "thinking_enabled": not args.no_thinking,
+        "distributed": args.distributed,
+        "distributed_backend": args.distributed_backend,
+        "distributed_timeout_s": args.distributed_timeout,
+        "kv_bits": args.kv_bits,
+        "quantized_kv_start": args.quantized_kv_start,
+        "prompt_cache_dir": args.prompt_cache_dir,
+        "draft_model_path": args.draft_model,
+        "num_draft_tokens": args.num_draft_tokens,
+        "prompt_lookup": args.prompt_lookup,
+    }
+    if local.exists() or args.model.count("/") != 1 or args.model.startswith((".", "/", "~")):
+        fields.update(model_path=args.model, model_id=args.model_id)
+    else:
+        fields.update(model_id=args.model, revision=args.revision)
+    return config_from_dict(MlxModelConfig, fields)
+
+
 API_KEY_ENV = "LIB_MLX_API_KEY"
 
 
@@ -93,23 +142,7 @@ def _stop_on_sigterm() -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     # Both configs are checked before the (slow) load: a bad value is one line, at once.
-    model = config_from_dict(
-        MlxModelConfig,
-        {
-            "model_path": args.model,
-            "model_id": args.model_id,
-            "thinking_enabled": not args.no_thinking,
-            "distributed": args.distributed,
-            "distributed_backend": args.distributed_backend,
-            "distributed_timeout_s": args.distributed_timeout,
-            "kv_bits": args.kv_bits,
-            "quantized_kv_start": args.quantized_kv_start,
-            "prompt_cache_dir": args.prompt_cache_dir,
-            "draft_model_path": args.draft_model,
-            "num_draft_tokens": args.num_draft_tokens,
-            "prompt_lookup": args.prompt_lookup,
-        },
-    )
+    model = _model_config(args)  # a local directory, or a hub id
     server = config_from_dict(
         MlxServerConfig,
         {
@@ -120,11 +153,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "api_key": _api_key(args),
             "auth": "none" if args.no_auth else "bearer",
             "chat_page": not args.no_page,
+            "idle_unload_s": args.idle_unload_s,
         },
     )
     _stop_on_sigterm()
     runtime = LibMlxRuntime()
-    handle = _load(runtime, model)
+    handle = _load(runtime, model) if model.model_path else _load_from_hub(runtime, model)
     rank = runtime.distributed_rank(handle)
     if rank:  # a rank other than 0 follows rank 0's requests until rank 0 stops
         print(f"Rank {rank} (pid {os.getpid()}): loaded its shard; following rank 0.", flush=True)
@@ -238,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="load a model and serve it until Ctrl-C")
-    serve.add_argument("--model", required=True, help="local MLX model directory")
+    serve.add_argument("--model", required=True, help="local MLX model directory, or a hub id ORG/NAME")
+    serve.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of ORG/NAME")
     serve.add_argument("--model-id", default=None, help="id to serve the model under (default: directory name)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080, help="0 picks a free port")
@@ -273,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=60.0,
         help="seconds a step may wait for the other ranks before open requests fail (default 60)",
+    )
+    serve.add_argument(
+        "--idle-unload-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="free the model's memory after S idle seconds; the next request loads it again",
     )
     serve.set_defaults(func=cmd_serve)
 

@@ -90,6 +90,14 @@ class MlxModelConfig:
     # The model family (``core.parsers``: "qwen3", "gemma4", ...) for a repository that
     # detection misses; None detects it from the template and vocabulary.
     family: str | None = None
+    # How ``load_model`` behaves: False returns at once with status "loading"; the load runs in
+    # the background and ``server_status`` reports its progress.
+    wait: bool = True
+    # Memory guard (README "Memory"): the memory this model may count on (default: what MLX can
+    # use on this device) and the KV-cache bytes one request may take (default: what is left
+    # after the load, less a margin).
+    memory_budget_bytes: int | None = Field(default=None, ge=1)
+    max_request_kv_bytes: int | None = Field(default=None, ge=1)
 
     def __post_init__(self) -> None:
         if not self.model_path and not self.model_id:
@@ -114,6 +122,12 @@ class MlxServerConfig:
     max_media_part_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     allow_remote_media: bool = False
     chat_page: bool = True
+    # On a handle still loading: True waits for the model; False starts listening at once and
+    # answers 503 (Retry-After) until the model is ready.
+    wait: bool = True
+    # Free the model's weights and caches after this many seconds without a request (status
+    # "sleeping"); the next request loads it again. None: never.
+    idle_unload_s: float | None = Field(default=None, gt=0)
 
     @pydantic.field_validator("api_key")
     @classmethod

@@ -177,6 +177,18 @@ class NotReadyError(LibMlxError):
     type = "server_error"
     code = "model_not_ready"
 
+    def __init__(self, message: str = "The model is not ready yet; retry shortly.", **kw: Any) -> None:
+        kw.setdefault("headers", {"Retry-After": "1"})
+        super().__init__(message, **kw)
+
+
+class InsufficientMemoryError(LibMlxError):
+    """Loading would need more memory than MLX can use on this device (the memory guard)."""
+
+    status = 503
+    type = "server_error"
+    code = "insufficient_memory"
+
 
 # --- generation ------------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """LibMlxRuntime: the lifecycle (load, serve, stop, status, unload) over handles.
 
 Thread-safe. A table lock guards the handle map only; each handle has its own lock so that a
-long load or stop on one model never blocks status calls on another.
+long load or stop on one model never blocks status calls on another. A handle's model lives in a
+``ModelSlot`` (``slot.py``): loading in the background, ready, sleeping after an idle unload.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import MlxModelConfig, MlxServerConfig, ServerInfo, with_env_overrides
 from .errors import InvalidConfigError, LibMlxError, ServerNotRunningError, UnknownHandleError
+from .slot import ModelSlot
 
 log = logging.getLogger("lib_mlx.runtime")
 
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     import openai
 
     from .core import MlxCore
+    from .idle import IdleWatcher
     from .server import ServerHandle
 
 
@@ -30,10 +33,16 @@ if TYPE_CHECKING:
 class _Entry:
     handle: int
     config: MlxModelConfig
-    core: "MlxCore"
+    slot: ModelSlot
     server: "ServerHandle | None" = None
+    idle: "IdleWatcher | None" = None
     lock: threading.RLock = field(default_factory=threading.RLock)
     unloaded: bool = False
+
+    @property
+    def core(self) -> "MlxCore | None":
+        """The model's core while it is loaded (None while loading, sleeping, failed)."""
+        return self.slot.core
 
 
 class LibMlxRuntime:
@@ -46,31 +55,49 @@ class LibMlxRuntime:
         _live_runtimes.add(self)
 
     # lifecycle ----------------------------------------------------------------------------
-    def load_model(self, config: MlxModelConfig) -> int:
-        """Load a model (blocking) and return its handle (ints from 1). The environment's
-        overrides apply here (``config.with_env_overrides``)."""
-        from .core import MlxCore
+    def load_model(self, config: MlxModelConfig, *, wait: bool | None = None) -> int:
+        """Load a model and return its handle (ints from 1). ``wait`` (default
+        ``config.wait``, True) blocks until it is ready and raises a failed load's error; False
+        returns at once: ``server_status`` then shows the load's progress and outcome. The
+        environment's overrides apply here (``config.with_env_overrides``)."""
+        from .core import MlxCore  # noqa: F401 - first: core.facade imports mlx-lm keeping the rlimits
+        from .core.loader import check_model_dir
 
-        core = MlxCore.load(with_env_overrides(config))
+        wait = config.wait if wait is None else wait
+        if config.model_path:
+            check_model_dir(config.model_path)  # a wrong path fails at once, waiting or not
+        slot = ModelSlot(with_env_overrides(config))
+        if wait:
+            slot.load_now()
         with self._lock:
             handle = next(self._ids)
-            self._entries[handle] = _Entry(handle, config, core)
+            self._entries[handle] = _Entry(handle, config, slot)
+        if not wait:
+            slot.load_in_background()
         return handle
 
     def start_server(self, handle: int, config: MlxServerConfig | None = None) -> ServerInfo:
-        """Start the HTTP server for ``handle``; if it already runs, return its info."""
+        """Start the HTTP server for ``handle``; if it already runs, return its info. On a
+        handle still loading, ``config.wait`` (default) waits for the model (raising a failed
+        load's error); ``wait: false`` listens at once and answers 503 until it is ready."""
+        from .idle import IdleWatcher
         from .server import ServerHandle
 
+        settings = config or MlxServerConfig()
         entry = self._entry(handle)
+        if settings.wait:
+            entry.slot.wait_ready()  # outside the handle's lock: status calls go on meanwhile
         with entry.lock:
             self._check_alive(entry)
             if entry.server is not None and entry.server.running:
                 return entry.server.info
-            if entry.core.rank:
-                raise InvalidConfigError(f"rank {entry.core.rank} of a distributed model follows rank 0; only rank 0 serves")
-            settings = config or MlxServerConfig()
-            entry.core.queue_limit = settings.queue_limit
-            entry.server = ServerHandle(entry.core, settings)
+            core = entry.slot.core
+            if core is not None and core.rank:
+                raise InvalidConfigError(f"rank {core.rank} of a distributed model follows rank 0; only rank 0 serves")
+            entry.slot.queue_limit = settings.queue_limit
+            entry.server = ServerHandle(entry.slot, settings)
+            if settings.idle_unload_s:
+                entry.idle = IdleWatcher(entry.slot, settings.idle_unload_s)
             return entry.server.info
 
     def stop_server(self, handle: int) -> bool:
@@ -92,17 +119,21 @@ class LibMlxRuntime:
             server_body: dict[str, Any] = {"status": "running" if running else "stopped"}
             if running and server is not None:
                 server_body.update(server.info.to_dict())
-            core = entry.core
-            model = core.status()
+            slot = entry.slot
+            if entry.idle is not None:
+                server_body["idle_unload_s"] = entry.idle.idle_s
+            model = slot.status()
             return {
                 "handle": handle,
                 "model": model["model"],
                 "server": server_body,
-                "in_flight": core.in_flight,
+                "in_flight": slot.in_flight,
                 "memory": memory_info().to_dict(),
                 "kv_cache": model.get("kv_cache"),
+                # Vision/audio towers: which are resident and the bytes they take (null for a
+                # text-only model, or one not loaded now).
                 "multimodal": model["multimodal"],
-                "stats": core.stats().to_dict(),
+                "stats": slot.stats().to_dict(),
             }
 
     def unload_model(self, handle: int) -> None:
@@ -116,8 +147,7 @@ class LibMlxRuntime:
             entry.unloaded = True
             with self._lock:
                 self._entries.pop(handle, None)
-            entry.core.close()
-            entry.core = None  # type: ignore[assignment]
+            entry.slot.close()  # cancels a load in progress
         del entry
         release_memory()
 
@@ -137,9 +167,7 @@ class LibMlxRuntime:
     def distributed_rank(self, handle: int) -> int:
         """This process's rank for a sharded model (0 serves; 0 also when not sharded)."""
         entry = self._entry(handle)
-        with entry.lock:
-            self._check_alive(entry)
-            return entry.core.rank
+        return entry.slot.wait_ready().rank
 
     def follow(self, handle: int) -> LibMlxError | None:
         """On a rank other than 0: run rank 0's requests until it stops (blocking); the error
@@ -147,8 +175,7 @@ class LibMlxRuntime:
         entry = self._entry(handle)
         with entry.lock:
             self._check_alive(entry)
-            core = entry.core
-        return core.follow()
+        return entry.slot.wait_ready().follow()
 
     # conveniences -------------------------------------------------------------------------
     def server_info(self, handle: int) -> ServerInfo:
@@ -183,6 +210,9 @@ class LibMlxRuntime:
 
     @staticmethod
     def _stop(entry: _Entry) -> bool:
+        idle, entry.idle = entry.idle, None
+        if idle is not None:
+            idle.stop()
         server, entry.server = entry.server, None
         if server is None:
             return False

@@ -9,6 +9,8 @@
  *   abi_checks bad_input MODEL_DIR   the bad-input list, one line per case
  *   abi_checks threads MODEL_DIR     4 threads x status/start/stop on two handles
  *   abi_checks rss MODEL_DIR         10,000 status + free calls; prints RSS before and after
+ *   abi_checks background MODEL_DIR  load with "wait": false, poll the status every 5 ms until
+ *                                    the model is ready (or failed), serve, unload
  */
 #define _POSIX_C_SOURCE 200809L
 #include <arpa/inet.h>
@@ -19,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "lib_mlx.h"
@@ -216,10 +219,41 @@ static int rss(const char *model_dir)
     return 0;
 }
 
+/* A host's loading screen: load in the background, poll lib_mlx_server_status (from any
+ * thread; here the main one) until the model's status is no longer "loading". */
+static int background(const char *model_dir)
+{
+    char config[4096];
+    char *reply, *at;
+    int64_t handle = 0;
+    int polls;
+    struct timespec pause = {0, 5 * 1000 * 1000};
+
+    snprintf(config, sizeof config, "{\"model_path\": \"%s\", \"wait\": false}", model_dir);
+    reply = lib_mlx_load_model(config);
+    if (reply != NULL && (at = strstr(reply, "\"handle\":")) != NULL)
+        handle = strtoll(at + strlen("\"handle\":"), NULL, 10);
+    show("load_model", reply);
+    if (handle <= 0)
+        return 1;
+    for (polls = 0; polls < 6000; polls++) {
+        int loading;
+        reply = lib_mlx_server_status(handle);
+        loading = reply != NULL && strstr(reply, "\"model\": {\"status\": \"loading\"") != NULL;
+        show("status", reply);
+        if (!loading)
+            break;
+        nanosleep(&pause, NULL);
+    }
+    show("start_server", lib_mlx_start_server(handle, "{\"port\": 0}"));
+    show("unload", lib_mlx_unload_model(handle));
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 3) {
-        fprintf(stderr, "usage: %s bad_input|threads|rss MODEL_DIR\n", argv[0]);
+        fprintf(stderr, "usage: %s bad_input|threads|rss|background MODEL_DIR\n", argv[0]);
         return 2;
     }
     if (strcmp(argv[1], "bad_input") == 0)
@@ -228,6 +262,8 @@ int main(int argc, char **argv)
         return threads(argv[2]);
     if (strcmp(argv[1], "rss") == 0)
         return rss(argv[2]);
+    if (strcmp(argv[1], "background") == 0)
+        return background(argv[2]);
     fprintf(stderr, "unknown mode %s\n", argv[1]);
     return 2;
 }

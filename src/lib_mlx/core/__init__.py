@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .facade import Capabilities, InferenceCore, MlxCore
     from .prompt import ChatPrompt, RenderedPrompt
+    from .progress import LoadCancelled, LoadProgress
     from .request import Arrival, Generation, SamplingParams
     from .stats import EngineStats
 
@@ -27,6 +28,8 @@ _EXPORTS = {
     "EngineStats": ".stats",
     "Generation": ".request",
     "InferenceCore": ".facade",
+    "LoadCancelled": ".progress",
+    "LoadProgress": ".progress",
     "MlxCore": ".facade",
     "RenderedPrompt": ".prompt",
     "SamplingParams": ".request",
@@ -49,6 +52,8 @@ __all__ = [
     "EngineStats",
     "Generation",
     "InferenceCore",
+    "LoadCancelled",
+    "LoadProgress",
     "MlxCore",
     "RenderedPrompt",
     "SamplingParams",

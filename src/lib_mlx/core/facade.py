@@ -21,6 +21,8 @@ from ..errors import InvalidRequestError, LibMlxError  # noqa: E402
 from .engine import Engine  # noqa: E402
 from .engine_options import EngineOptions, build_options  # noqa: E402
 from .loader import LoadedModel, load  # noqa: E402
+from .memory_guard import check_request_fits  # noqa: E402
+from .progress import LoadProgress  # noqa: E402
 from .prompt import ChatPrompt, RenderedPrompt, render  # noqa: E402
 from .request import Arrival, Generation, SamplingParams  # noqa: E402
 from .stats import EngineStats  # noqa: E402
@@ -98,7 +100,9 @@ class InferenceCore(Protocol):
         arrival: Arrival | None = None,
     ) -> Generation:
         """Queue a generation; its events arrive through the returned handle (on ``loop`` when
-        given, else for synchronous iteration). Raises ``QueueFullError`` / ``CancelledError``."""
+        given, else for synchronous iteration). Raises ``QueueFullError`` / ``CancelledError``,
+        and ``ContextLengthExceededError`` for a request whose KV cache would not fit (before
+        any work)."""
         ...
 
     def cancel_all(self) -> None: ...
@@ -127,8 +131,12 @@ class MlxCore:
         self._engine = Engine(loaded, queue_limit=queue_limit, prompt_cache_bytes=prompt_cache_bytes, options=self.options)
 
     @classmethod
-    def load(cls, config: MlxModelConfig, queue_limit: int = 1) -> "MlxCore":
-        loaded = load(config)
+    def load(cls, config: MlxModelConfig, queue_limit: int = 1, progress: LoadProgress | None = None) -> "MlxCore":
+        """Load ``config``'s model, reporting to ``progress`` (its ``cancel()`` stops the load
+        between steps and during a download: ``LoadCancelled``)."""
+        progress = progress or LoadProgress()
+        loaded = load(config, progress)
+        progress.enter("warmup")
         return cls(loaded, queue_limit, prompt_cache_bytes=config.prompt_cache_bytes, options=build_options(config, loaded))
 
     def kv_status(self) -> dict[str, Any]:
@@ -228,6 +236,15 @@ class MlxCore:
     def render(self, prompt: ChatPrompt) -> RenderedPrompt:
         return render(self.loaded, prompt)
 
+    def check_fits(self, n_prompt: int, max_tokens: int | None) -> None:
+        """400 ``context_length_exceeded`` before any work when the request's KV cache would
+        pass the per-request budget (``core.memory_guard``); ``submit`` checks it."""
+        loaded = self.loaded
+        if max_tokens is not None and loaded.declared_context_length:
+            # max_tokens beyond the model's context is clamped to it (not refused)
+            max_tokens = min(max_tokens, max(loaded.declared_context_length - n_prompt, 1))
+        check_request_fits(loaded.kv_bytes_per_token, loaded.kv_budget_bytes, n_prompt, max_tokens)
+
     def count_tokens(self, prompt: RenderedPrompt) -> int:
         """The prompt's length as the model reads it: media expanded to their soft tokens
         (the processor only; no tower runs)."""
@@ -265,6 +282,7 @@ class MlxCore:
         loop: asyncio.AbstractEventLoop | None = None,
         arrival: Arrival | None = None,
     ) -> Generation:
+        self.check_fits(len(prompt.tokens), params.max_tokens)
         return self._engine.submit(prompt, params, loop=loop, arrival=arrival)
 
     def cancel_all(self) -> None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import MlxModelConfig
 from ..errors import LibMlxError, ModelLoadError, ModelNotFoundError
+from . import memory_guard
 from .parsers import Family, ParserSpec, family_of, parser_spec_from_tokenizer
+from .progress import LoadCancelled, LoadProgress
 
 log = logging.getLogger("lib_mlx.loader")
 
@@ -36,6 +39,11 @@ class LoadedModel:
     vlm: Any = None
     # A model sharded over several processes: ``core.sharding.DistributedInfo``.
     distributed: Any = None
+    # The memory guard's figures for one request's KV cache (``core.memory_guard``).
+    kv_bytes_per_token: int = 0
+    kv_budget_bytes: int = 0
+    # The model's own context length (``context_length`` is the smaller of it and the KV budget).
+    declared_context_length: int = 0
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -61,37 +69,37 @@ def _is_dir(path: Path) -> bool:
         return False
 
 
-def resolve_model_path(config: MlxModelConfig) -> Path:
-    """A local directory as given, else the hub id through the local cache (then a download,
-    where a network exists). Anything that cannot be found is ``model_not_found``."""
+def resolve_model_path(config: MlxModelConfig, progress: LoadProgress | None = None) -> Path:
+    """A local directory as given, else the hub id through the local cache (then a download
+    with byte progress, where a network exists: ``core.hub``). Anything that cannot be found is
+    ``model_not_found``; the memory guard refuses a model too big before it downloads."""
+    progress = progress or LoadProgress()
     if config.model_path:
-        path = Path(config.model_path).expanduser()
-        if not _is_dir(path):
-            raise ModelNotFoundError(f"model directory not found: {config.model_path}", param="model_path")
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(
-                f"not an MLX model directory (no config.json): {config.model_path}", param="model_path"
-            )
+        path = check_model_dir(config.model_path)
+        progress.enter("resolve")
+        sizes = {p.name: p.stat().st_size for p in path.iterdir() if p.is_file()}
+        progress.set_totals(bytes_total=sum(sizes.values()), files_total=len(sizes))
+        progress.finish_files()
         return path
     assert config.model_id
-    try:
-        from huggingface_hub import snapshot_download
+    from . import hub
 
-        patterns = ["*.json", "*.safetensors", "*.py", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
-        try:
-            return Path(
-                snapshot_download(
-                    config.model_id, revision=config.revision, allow_patterns=patterns, local_files_only=True
-                )
-            )
-        except Exception:
-            return Path(snapshot_download(config.model_id, revision=config.revision, allow_patterns=patterns))
-    except Exception as exc:
-        raise ModelNotFoundError(
-            f"model {config.model_id!r} is not in the local cache and could not be downloaded "
-            f"({type(exc).__name__})",
-            param="model_id",
-        ) from None
+    guard = None if config.distributed else _guard(config)  # each rank holds a part only
+    return hub.resolve(config.model_id, config.revision, progress, before_download=guard)[0]
+
+
+def check_model_dir(model_path: str) -> Path:
+    path = Path(model_path).expanduser()
+    if not _is_dir(path):
+        raise ModelNotFoundError(f"model directory not found: {model_path}", param="model_path")
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"not an MLX model directory (no config.json): {model_path}", param="model_path")
+    return path
+
+
+def _guard(config: MlxModelConfig) -> Callable[[int], None]:
+    label = repr(config.model_id or config.model_path)
+    return lambda weights: memory_guard.check_model_fits(label, weights, config.memory_budget_bytes)
 
 
 def _context_length(config: dict[str, Any], tokenizer: Any) -> int:
@@ -119,10 +127,15 @@ def _generation_defaults(path: Path) -> dict[str, Any]:
     return {k: data[k] for k in keys if isinstance(data.get(k), (int, float))}
 
 
-def load(config: MlxModelConfig) -> LoadedModel:
+def load(config: MlxModelConfig, progress: LoadProgress | None = None) -> LoadedModel:
     """Load the model and tokenizer with mlx-lm (the path a user's own model takes), or this
-    rank's shard of it when ``config.distributed`` is set."""
-    path = resolve_model_path(config)
+    rank's shard of it when ``config.distributed`` is set, reporting to ``progress`` (whose
+    ``cancel()`` stops it between steps and during a download)."""
+    progress = progress or LoadProgress()
+    path = resolve_model_path(config, progress)
+    progress.enter("load")
+    if config.model_path and not config.distributed:  # a hub model was checked before its download;
+        _guard(config)(memory_guard.weight_bytes_of_dir(path))  # a sharded one holds a part
     vlm = distributed = None
     try:
         if config.distributed:
@@ -132,24 +145,35 @@ def load(config: MlxModelConfig) -> LoadedModel:
             import mlx_lm
 
             model, tokenizer = (vlm.language, vlm.tokenizer) if vlm is not None else mlx_lm.load(str(path))
-    except LibMlxError:
+    except (LibMlxError, LoadCancelled):
         raise
     except Exception as exc:
         raise ModelLoadError(f"could not load model from {path}: {type(exc).__name__}: {exc}") from None
+    progress.check()
     model_config = json.loads((path / "config.json").read_text())
     spec = parser_spec_from_tokenizer(tokenizer, config.family, model_config)
+    context_length = _context_length(model_config, tokenizer)
+    kv_per_token = memory_guard.kv_bytes_per_token(model_config, memory_guard.activation_bytes(model))
+    kv_budget = memory_guard.request_kv_budget(config.max_request_kv_bytes, config.memory_budget_bytes)
+    declared_context = context_length
+    if kv_per_token > 0 and kv_budget > 0:
+        # A request without max_tokens stops where its KV cache would pass the budget.
+        context_length = max(1, min(context_length, kv_budget // kv_per_token))
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
         model_path=path,
         model_id=config.model_id or path.name,
         config=model_config,
-        context_length=_context_length(model_config, tokenizer),
+        context_length=context_length,
         parser_spec=spec,
         generation_defaults=_generation_defaults(path),
         thinking_enabled=config.thinking_enabled,
         vlm=vlm,
         distributed=distributed,
+        kv_bytes_per_token=kv_per_token,
+        kv_budget_bytes=kv_budget,
+        declared_context_length=declared_context,
     )
 
 

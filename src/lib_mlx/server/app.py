@@ -17,6 +17,7 @@ from .errors import handle_http_error, handle_lib_error, handle_unexpected
 from .messages import count_tokens, create_message
 from .models import health, list_models, retrieve_model
 from .page import page_routes
+from .readiness import ReadinessMiddleware
 from .request_id import RequestIdMiddleware
 from .responses import ResponseStore, create_response, delete_response, get_response
 from .security import AccessMiddleware, BodyLimitMiddleware, allowed_hosts
@@ -45,6 +46,7 @@ def build_app(ctx: ServerContext, *, port: int) -> Starlette:
         # Inside access control: a stranger's body is never read, and what is read is capped.
         Middleware(BodyLimitMiddleware, max_body_bytes=ctx.settings.max_body_bytes),
         Middleware(DisconnectMiddleware),
+        Middleware(ReadinessMiddleware, core=ctx.core),
     ]
     if ctx.settings.allowed_origins:
         middleware.insert(

@@ -34,4 +34,8 @@ async def health(request: Request) -> JSONResponse:
     ctx: ServerContext = request.app.state.ctx
     if not ctx.ready:
         return error_response(NotReadyError("the model is not ready"))
-    return JSONResponse({"status": "ok", "model": ctx.model_id, "in_flight": ctx.core.in_flight})
+    body: dict[str, object] = {"status": "ok", "model": ctx.model_id, "in_flight": ctx.core.in_flight}
+    state = getattr(ctx.core, "state", None)  # a runtime's model: "ready", or "sleeping" (idle unload)
+    if state is not None:
+        body["model_status"] = state
+    return JSONResponse(body)
