@@ -49,7 +49,8 @@ def start_distributed(model_dir: Path, work: Path, mode: str) -> tuple[Server, l
     argv = [sys.executable, "-m", "lib_mlx", "launch", "-n", "2", "--starting-port", str(ring), "--",
             "serve", "--model", str(model_dir), "--port", str(port), "--no-auth", "--no-page",
             "--distributed", mode]  # fmt: skip
-    process = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    # stdin a pipe that never speaks: mlx.launch polls its stdin, and /dev/null would spin it.
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(f"2 ranks ({mode})", f"http://127.0.0.1:{port}", model_dir.name, process, log)
     _wait_ready(server.base_url + "/health", process, log)
     deadline = time.monotonic() + 60
