@@ -18,7 +18,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from lib_mlx import LibMlxRuntime
+import pytest
+
+from lib_mlx import LibMlxRuntime, MlxModelConfig, MlxServerConfig
 
 # What MLX's allocators throw (std::runtime_error -> RuntimeError) when memory runs out.
 METAL_OOM = (
@@ -260,3 +262,29 @@ def assert_openai_error(response: Any, status: int, code: str | None = None, par
     if param is not None:
         assert error["param"] == param, error
     return error
+
+
+# --- a model loaded once per test module, served with the settings each test asks for ----------
+
+CONTEXT = 256  # the loaded model's context length (small, so that limits are cheap to reach)
+
+
+@pytest.fixture(scope="module")
+def loaded(make_model):
+    runtime = LibMlxRuntime()
+    handle = runtime.load_model(MlxModelConfig(str(make_model("qwen3", max_position_embeddings=CONTEXT))))
+    yield runtime, handle
+    runtime.close()
+
+
+@pytest.fixture
+def serve(loaded):
+    """``serve(**MlxServerConfig fields) -> Served`` on the module's loaded model."""
+    runtime, handle = loaded
+
+    def start(**settings) -> Served:
+        runtime.stop_server(handle)
+        return Served(runtime, handle, runtime.start_server(handle, MlxServerConfig(**settings)))
+
+    yield start
+    runtime.stop_server(handle)

@@ -13,31 +13,18 @@ import httpx
 import openai
 import pytest
 
-from hardening_support import USER, Served, assert_openai_error, chat_body, install_probe, remove_probe
-from lib_mlx import LibMlxRuntime, MlxModelConfig, MlxServerConfig
+from hardening_support import (  # noqa: F401 (loaded, serve: the shared fixtures)
+    CONTEXT,
+    USER,
+    assert_openai_error,
+    chat_body,
+    install_probe,
+    loaded,
+    remove_probe,
+    serve,
+)
+from lib_mlx import MlxServerConfig
 
-CONTEXT = 256
-
-
-@pytest.fixture(scope="module")
-def loaded(make_model):
-    runtime = LibMlxRuntime()
-    handle = runtime.load_model(MlxModelConfig(str(make_model("qwen3", max_position_embeddings=CONTEXT))))
-    yield runtime, handle
-    runtime.close()
-
-
-@pytest.fixture
-def serve(loaded):
-    """``serve(**MlxServerConfig fields) -> Served`` on the module's loaded model."""
-    runtime, handle = loaded
-
-    def start(**settings) -> Served:
-        runtime.stop_server(handle)
-        return Served(runtime, handle, runtime.start_server(handle, MlxServerConfig(**settings)))
-
-    yield start
-    runtime.stop_server(handle)
 
 
 # --- access ----------------------------------------------------------------------------------

@@ -14,35 +14,21 @@ import time
 import httpx
 import pytest
 
-from hardening_support import USER, Served, assert_openai_error, chat_body
-from lib_mlx import LibMlxRuntime, MlxModelConfig, MlxServerConfig
+from hardening_support import (  # noqa: F401 (loaded, serve: the shared fixtures)
+    CONTEXT,
+    USER,
+    Served,
+    assert_openai_error,
+    chat_body,
+    loaded,
+    serve,
+)
+from lib_mlx import MlxModelConfig, MlxServerConfig
 from lib_mlx.errors import PayloadTooLargeError
 from lib_mlx.server.media import MediaLimits, decode_messages
 from lib_mlx.server.multipart import Attachment, inline_attachments
 from lib_mlx.tiny_models.multimodal import png_bytes
 
-CONTEXT = 256
-
-
-@pytest.fixture(scope="module")
-def loaded(make_model):
-    runtime = LibMlxRuntime()
-    handle = runtime.load_model(MlxModelConfig(str(make_model("qwen3", max_position_embeddings=CONTEXT))))
-    yield runtime, handle
-    runtime.close()
-
-
-@pytest.fixture
-def serve(loaded):
-    """``serve(**MlxServerConfig fields) -> Served`` on the module's loaded model."""
-    runtime, handle = loaded
-
-    def start(**settings) -> Served:
-        runtime.stop_server(handle)
-        return Served(runtime, handle, runtime.start_server(handle, MlxServerConfig(**settings)))
-
-    yield start
-    runtime.stop_server(handle)
 
 
 # --- 2. multipart attachment amplification ---------------------------------------------------
