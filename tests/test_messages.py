@@ -201,6 +201,16 @@ def test_create_keeps_thinking_apart_from_the_answer(lab):
     assert "<think>" not in off.content[0].text
 
 
+def test_budget_tokens_caps_the_thinking_and_the_answer_follows(lab):
+    s = lab("reason")
+    capped = create(s, thinking={"type": "enabled", "budget_tokens": 2})
+    assert kinds(capped) == ["thinking", "text"]
+    thought = capped.content[0].thinking
+    assert thought == "The user greets"  # two reasoning tokens, then the end-of-thinking marker
+    assert capped.content[1].text == ANSWER and capped.stop_reason == "end_turn"
+    assert create(s, thinking=ON).content[0].thinking == REASONING  # a budget it stays within
+
+
 @pytest.mark.parametrize("thinking", [ON, OFF], ids=["thinking", "no-thinking"])
 def test_stream_events_are_typed_and_add_up_to_the_message(lab, thinking):
     s = lab("reason")

@@ -27,6 +27,7 @@ from .protocol import (
     RedactedThinkingBlock,
     TextBlock,
     ThinkingBlock,
+    ThinkingEnabled,
     ToolChoiceAny,
     ToolChoiceNone,
     ToolChoiceTool,
@@ -151,12 +152,14 @@ def to_chat_prompt(req: CountTokensRequest) -> ChatPrompt:
 
 def to_sampling(req: MessagesRequest) -> SamplingParams:
     """Anthropic's ``max_tokens`` counts every output token, thinking included, as the core's
-    budget does. (``thinking.budget_tokens`` is validated but not enforced apart: the whole
-    answer, thinking and text, stays within ``max_tokens``.)"""
+    budget does; ``thinking.budget_tokens`` caps the thinking within it (the core's thinking
+    budget: at the cap the family's end-of-thinking marker is forced and the answer follows)."""
+    thinking = req.thinking
     return SamplingParams(
         max_tokens=rules.budget(req.max_tokens),
         temperature=req.temperature,
         top_p=req.top_p,
         top_k=req.top_k,
         stop=rules.stop_tuple(req.stop_sequences),
+        thinking_budget=thinking.budget_tokens if isinstance(thinking, ThinkingEnabled) else None,
     )
