@@ -306,6 +306,20 @@ def _machine(
     return TextStateMachine(edges), markers
 
 
+def append_coalesced(events: list[Event], event: Event) -> None:
+    """Append ``event``, merged into the last one where both are text of the same kind or
+    argument deltas of the same call (one token's events stay few, whatever the parser)."""
+    last = events[-1] if events else None
+    if type(last) is type(event):
+        if isinstance(event, TextDelta | ReasoningDelta):
+            events[-1] = type(event)(last.text + event.text)
+            return
+        if isinstance(event, ToolCallArgumentsDelta) and last.index == event.index:
+            events[-1] = ToolCallArgumentsDelta(event.index, last.delta + event.delta)
+            return
+    events.append(event)
+
+
 class StreamParser:
     """Turns generated text into events; one per request. See the package docstring."""
 
@@ -517,15 +531,7 @@ class StreamParser:
     def _push(self, event: Event) -> None:
         if type(event) is TextDelta and not self.answered and event.text.strip():
             self.answered = True
-        last = self._events[-1] if self._events else None
-        if type(last) is type(event):
-            if isinstance(event, TextDelta | ReasoningDelta):
-                self._events[-1] = type(event)(last.text + event.text)
-                return
-            if isinstance(event, ToolCallArgumentsDelta) and last.index == event.index:
-                self._events[-1] = ToolCallArgumentsDelta(event.index, last.delta + event.delta)
-                return
-        self._events.append(event)
+        append_coalesced(self._events, event)
 
     def _take(self) -> list[Event]:
         events, self._events = self._events, []

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..events import Event, ReasoningDelta, TextDelta, ToolCallArgumentsDelta, ToolCallEnd, ToolCallStart
 from ._json import JsonReader, JsonWriter, Malformed
-from .base import CallSyntax, Family, ParserSpec, tool_names
+from .base import CallSyntax, Family, ParserSpec, append_coalesced, tool_names
 from .llama3 import one_call_per_message
 
 _BODY_ENDS = ("<|end|>", "<|call|>", "<|return|>")
@@ -263,14 +263,7 @@ class HarmonyParser:
     def _push(self, event: Event) -> None:
         if type(event) is TextDelta and not self.answered and event.text.strip():
             self.answered = True
-        last = self._events[-1] if self._events else None
-        if type(last) is type(event) and isinstance(event, TextDelta | ReasoningDelta):
-            self._events[-1] = type(event)(last.text + event.text)
-            return
-        if type(last) is type(event) is ToolCallArgumentsDelta and last.index == event.index:
-            self._events[-1] = ToolCallArgumentsDelta(event.index, last.delta + event.delta)
-            return
-        self._events.append(event)
+        append_coalesced(self._events, event)
 
     def _take(self) -> list[Event]:
         events, self._events = self._events, []
